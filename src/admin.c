@@ -1,0 +1,118 @@
+/* admin.c - see admin.h. */
+#include "admin.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "loop.h"
+#include "proxy.h"
+#include "server.h"
+#include "token.h"
+
+#define ADMIN_BODY_MAX (64 * 1024)
+
+const double stats_latency_bounds[LATENCY_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                                      0.1,   0.25,   0.5,   1,    2.5,   10};
+
+static bool path_is(const struct head *hd, const char *p)
+{
+    size_t n = strlen(p);
+    const char *u = hd->base + hd->line_off;
+    size_t ul = hd->line_len;
+    for (size_t i = 0; i < ul; i++)
+        if (u[i] == '?') {
+            ul = i;
+            break;
+        }
+    return ul == n && memcmp(u, p, n) == 0;
+}
+
+static void metrics(struct exchange *ex)
+{
+    struct loop *l = ex->loop;
+    struct stats *s = &l->stats;
+    char *b = malloc(ADMIN_BODY_MAX);
+    if (!b) return client_error(ex->c, 500, "internal", "out of memory", NULL, 0);
+    size_t n = 0;
+#define P(...) n += (size_t)snprintf(b + n, ADMIN_BODY_MAX - n, __VA_ARGS__)
+    P("# HELP authproxy_requests_total Requests answered, by status class.\n");
+    P("# TYPE authproxy_requests_total counter\n");
+    static const char *cls[] = {"aborted", "1xx", "2xx", "3xx", "4xx", "5xx"};
+    for (int i = 0; i < 6; i++)
+        P("authproxy_requests_total{class=\"%s\"} %llu\n", cls[i],
+          (unsigned long long)s->requests_by_class[i]);
+    P("# HELP authproxy_upstream_latency_seconds Time from request head to response end.\n");
+    P("# TYPE authproxy_upstream_latency_seconds histogram\n");
+    uint64_t cum = 0;
+    for (int i = 0; i < LATENCY_BUCKETS; i++) {
+        cum += s->latency_le[i];
+        P("authproxy_upstream_latency_seconds_bucket{le=\"%g\"} %llu\n", stats_latency_bounds[i],
+          (unsigned long long)cum);
+    }
+    P("authproxy_upstream_latency_seconds_bucket{le=\"+Inf\"} %llu\n",
+      (unsigned long long)s->latency_count);
+    P("authproxy_upstream_latency_seconds_sum %.6f\n", s->latency_sum_s);
+    P("authproxy_upstream_latency_seconds_count %llu\n", (unsigned long long)s->latency_count);
+    P("# TYPE authproxy_upstream_connections_total counter\n");
+    P("authproxy_upstream_connections_total{kind=\"new\"} %llu\n",
+      (unsigned long long)s->upstream_connects);
+    P("authproxy_upstream_connections_total{kind=\"reused\"} %llu\n",
+      (unsigned long long)s->upstream_reuses);
+    P("# TYPE authproxy_retries_401_total counter\n");
+    P("authproxy_retries_401_total %llu\n", (unsigned long long)s->retries_401);
+    P("# TYPE authproxy_open_connections gauge\n");
+    P("authproxy_open_connections %lld\n", (long long)s->open_connections);
+    n += token_metrics(l, ex->cfg, b + n, ADMIN_BODY_MAX - n);
+#undef P
+    client_respond(ex->c, 200, "text/plain; version=0.0.4", b, n, 0);
+    free(b);
+}
+
+static void tokens(struct exchange *ex)
+{
+    char *b = malloc(ADMIN_BODY_MAX);
+    if (!b) return client_error(ex->c, 500, "internal", "out of memory", NULL, 0);
+    size_t n = token_status_json(ex->loop, ex->cfg, b, ADMIN_BODY_MAX);
+    client_respond(ex->c, 200, "application/json", b, n, 0);
+    free(b);
+}
+
+static void refresh(struct exchange *ex, const char *name, size_t len)
+{
+    char nm[128];
+    if (len >= sizeof nm) len = sizeof nm - 1;
+    memcpy(nm, name, len);
+    nm[len] = 0;
+    int idx = config_provider_index(ex->cfg, nm);
+    if (idx < 0) return client_error(ex->c, 404, "not_found", "no such provider", NULL, 0);
+    struct token_result r;
+    if (token_refresh(ex->loop, ex->cfg, idx, &r) < 0)
+        return client_error(ex->c, r.status, r.error, r.detail, nm, r.retry_after_s);
+    static const char ok[] = "{\"status\": \"refresh started\"}\n";
+    client_respond(ex->c, 202, "application/json", ok, sizeof ok - 1, 0);
+}
+
+void admin_request(struct exchange *ex)
+{
+    struct head *hd = &ex->req;
+    int method = llhttp_get_method(&ex->c->parser);
+    head_analyze(hd);
+    const char *u = hd->base + hd->line_off;
+    size_t ul = hd->line_len;
+    if (method == HTTP_GET && path_is(hd, "/healthz"))
+        return client_respond(ex->c, 200, "text/plain", "ok\n", 3, 0);
+    if (method == HTTP_GET && path_is(hd, "/readyz")) {
+        if (token_ready(ex->loop, ex->cfg))
+            return client_respond(ex->c, 200, "text/plain", "ready\n", 6, 0);
+        return client_respond(ex->c, 503, "text/plain", "not ready\n", 10, 0);
+    }
+    if (method == HTTP_GET && path_is(hd, "/metrics")) return metrics(ex);
+    if (method == HTTP_GET && path_is(hd, "/tokens")) return tokens(ex);
+    static const char pre[] = "/tokens/", suf[] = "/refresh";
+    size_t pl = sizeof pre - 1, sl = sizeof suf - 1;
+    if (method == HTTP_POST && ul > pl + sl && memcmp(u, pre, pl) == 0 &&
+        memcmp(u + ul - sl, suf, sl) == 0)
+        return refresh(ex, u + pl, ul - pl - sl);
+    client_error(ex->c, 404, "not_found", "unknown admin endpoint", NULL, 0);
+}

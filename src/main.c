@@ -1,0 +1,243 @@
+/* main.c - command line, process set-up, signals (reload, drain), the loop's life.
+ *
+ * Owns the one struct loop of this process and the configuration reference it holds. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "log.h"
+#include "loop.h"
+#include "proxy.h"
+#include "server.h"
+#include "token.h"
+#include "upstream.h"
+
+#define AUTHPROXY_VERSION "0.1.0"
+#define DRAIN_POLL_MS 50
+
+static const char usage[] =
+    "usage: authproxy [-c FILE] [--strict]         run (default FILE: " CONFIG_DEFAULT_PATH ")\n"
+    "       authproxy -c FILE --check              validate, print routes and providers\n"
+    "       authproxy -c FILE --token NAME         mint (or reuse) a token and print it\n"
+    "       authproxy --version | --help\n";
+
+/* Last step of a stop: every handle is closed so that uv_run returns. */
+static void loop_close_all(struct loop *l)
+{
+    token_cache_close(l);
+    uv_close((uv_handle_t *)&l->sigterm, NULL);
+    uv_close((uv_handle_t *)&l->sigint, NULL);
+    uv_close((uv_handle_t *)&l->sighup, NULL);
+}
+
+static void loop_finish(struct loop *l)
+{
+    uv_timer_stop(&l->drain_timer);
+    uv_close((uv_handle_t *)&l->drain_timer, NULL);
+    server_stop_listening(l);
+    server_close_clients(l, true);
+    upstream_pool_close_all(l);
+    token_revoke_all(l, loop_close_all); /* bounded by limits.drain_ms */
+}
+
+static void on_drain_tick(uv_timer_t *t)
+{
+    struct loop *l = t->data;
+    static uint64_t waited;
+    waited += DRAIN_POLL_MS;
+    server_close_clients(l, false);
+    if (l->n_clients == 0 || waited >= (uint64_t)l->cfg->limits.drain_ms) {
+        if (l->n_clients) log_warn("drain: closing %d connections still open", l->n_clients);
+        loop_finish(l);
+    }
+}
+
+static void on_stop_signal(uv_signal_t *s, int signum)
+{
+    struct loop *l = s->data;
+    if (l->draining) return;
+    log_info("signal %d: draining (at most %lld ms)", signum, (long long)l->cfg->limits.drain_ms);
+    l->draining = true;
+    server_stop_listening(l);
+    server_close_clients(l, false);
+    uv_timer_start(&l->drain_timer, on_drain_tick, DRAIN_POLL_MS, DRAIN_POLL_MS);
+}
+
+static void on_hup(uv_signal_t *s, int signum)
+{
+    (void)signum;
+    struct loop *l = s->data;
+    char err[CONFIG_ERR_MAX];
+    struct config *n = config_load(l->cfg->path, false, stderr, err);
+    if (!n) {
+        log_error("reload failed, keeping the running configuration: %s", err);
+        return;
+    }
+    struct config *old = l->cfg;
+    bool same = n->n_providers == old->n_providers;
+    for (int i = 0; same && i < n->n_providers; i++)
+        same = strcmp(n->providers[i].name, old->providers[i].name) == 0;
+    if (!same) { /* token slots are per provider: that change needs a restart for now */
+        log_error("reload refused: the set of providers changed; restart to apply it");
+        config_unref(n);
+        return;
+    }
+    l->cfg = n;
+    log_setup(n->log_level, n->log_format);
+    log_info("configuration reloaded from %s", n->path);
+    config_unref(old);
+}
+
+struct token_cli {
+    struct token_wait w;
+    struct loop *l;
+    int rc;
+};
+
+static void on_cli_token(struct token_wait *w, const struct token_result *r)
+{
+    struct token_cli *t = container_of(w, struct token_cli, w);
+    if (r->status) {
+        fprintf(stderr, "authproxy: %s: %s\n", r->error, r->detail);
+        t->rc = 1;
+    } else {
+        /* "Authorization: Bearer <token>\r\n" -> the token alone */
+        const struct token *tk = r->token;
+        fwrite(tk->header + 22, 1, tk->header_len - 24, stdout);
+        fputc('\n', stdout);
+        fflush(stdout);
+        t->rc = 0;
+        token_put(r->token);
+    }
+    token_cache_close(t->l);
+}
+
+/* --token NAME: mint on a loop of its own (the same engine as the proxy), print, exit. */
+static int print_token(struct config *cfg, int idx)
+{
+    struct loop *l = calloc(1, sizeof *l);
+    struct token_cli t = {.w = {.cb = on_cli_token}, .l = l, .rc = 1};
+    if (!l || uv_loop_init(&l->uv) < 0) {
+        free(l);
+        config_unref(cfg);
+        return 1;
+    }
+    l->cfg = cfg;
+    if (token_cache_init(l) == 0) {
+        struct token_result r;
+        if (token_get(l, cfg, idx, &t.w, &r)) on_cli_token(&t.w, &r);
+        uv_run(&l->uv, UV_RUN_DEFAULT);
+        token_cache_free(l->tokens_closing);
+    }
+    uv_loop_close(&l->uv);
+    config_unref(cfg);
+    free(l);
+    return t.rc;
+}
+
+static int run(struct config *cfg)
+{
+    struct loop *l = calloc(1, sizeof *l);
+    char err[256];
+    int rc = 1;
+    if (!l) return 1;
+    l->cfg = cfg;
+    if (uv_loop_init(&l->uv) < 0) goto out_free;
+    if (bufpool_init(&l->pool, 256) < 0) goto out_loop;
+    l->scratch = malloc(BUF_BLOCK);
+    if (!l->scratch) goto out_pool;
+    if (tls_ctx_init(l, cfg->ca_file, err, sizeof err) < 0) {
+        fprintf(stderr, "authproxy: %s\n", err);
+        goto out_pool;
+    }
+    if (token_cache_init(l) < 0) {
+        fprintf(stderr, "authproxy: cannot start the token engine\n");
+        goto out_tls;
+    }
+    if (server_listen(l, err, sizeof err) < 0) {
+        fprintf(stderr, "authproxy: %s\n", err);
+        server_stop_listening(l);
+        token_cache_close(l);
+        uv_run(&l->uv, UV_RUN_DEFAULT);
+        goto out_tls;
+    }
+    uv_signal_init(&l->uv, &l->sigterm);
+    uv_signal_init(&l->uv, &l->sigint);
+    uv_signal_init(&l->uv, &l->sighup);
+    uv_timer_init(&l->uv, &l->drain_timer);
+    l->sigterm.data = l->sigint.data = l->sighup.data = l->drain_timer.data = l;
+    uv_signal_start(&l->sigterm, on_stop_signal, SIGTERM);
+    uv_signal_start(&l->sigint, on_stop_signal, SIGINT);
+    uv_signal_start(&l->sighup, on_hup, SIGHUP);
+    log_info("authproxy %s ready: %d route(s), %d provider(s), via %s", AUTHPROXY_VERSION,
+             cfg->n_routes, cfg->n_providers, cfg->via);
+    uv_run(&l->uv, UV_RUN_DEFAULT);
+    log_info("stopped");
+    rc = 0;
+out_tls:
+    token_cache_free(l->tokens_closing);
+    SSL_CTX_free(l->ssl_ctx);
+out_pool:
+    proxy_free_list_clear(l);
+    free(l->scratch);
+    free(l->listeners);
+    bufpool_destroy(&l->pool);
+out_loop:
+    uv_loop_close(&l->uv);
+out_free:
+    config_unref(l->cfg);
+    free(l);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = CONFIG_DEFAULT_PATH, *token_name = NULL;
+    bool check = false, strict = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "-c") == 0 && i + 1 < argc)
+            path = argv[++i];
+        else if (strcmp(a, "--check") == 0)
+            check = true;
+        else if (strcmp(a, "--strict") == 0)
+            strict = true;
+        else if (strcmp(a, "--token") == 0 && i + 1 < argc)
+            token_name = argv[++i];
+        else if (strcmp(a, "--version") == 0) {
+            printf("authproxy %s\n", AUTHPROXY_VERSION);
+            return 0;
+        } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            fputs(usage, stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "authproxy: unknown argument '%s'\n%s", a, usage);
+            return 2;
+        }
+    }
+    signal(SIGPIPE, SIG_IGN);
+    char err[CONFIG_ERR_MAX];
+    struct config *cfg = config_load(path, strict, stderr, err);
+    if (!cfg) {
+        fprintf(stderr, "authproxy: %s\n", err);
+        return 1;
+    }
+    log_setup(cfg->log_level, cfg->log_format);
+    if (check) {
+        int rc = config_print(cfg, stdout);
+        config_unref(cfg);
+        return rc;
+    }
+    if (token_name) {
+        int idx = config_provider_index(cfg, token_name);
+        if (idx < 0) {
+            fprintf(stderr, "authproxy: no provider named %s\n", token_name);
+            config_unref(cfg);
+            return 1;
+        }
+        return print_token(cfg, idx);
+    }
+    return run(cfg);
+}

@@ -1,0 +1,836 @@
+/* proxy.c - one request's life (see proxy.h).
+ *
+ * What is sent (request head with the token), how the response starts (head rewrite, 401
+ * detection later) and how bodies stream (raw byte ranges with backpressure) are kept apart:
+ * send_head(), resp_head(), and the body relays.
+ *
+ * Memory: exchanges come from and go back to the loop's free list; their header arrays and
+ * head buffers are allocated once per exchange object. Request bytes stay in the client's
+ * input buffer and response bytes in the upstream connection's; writes reference them
+ * directly, and neither buffer is compacted while a write that references it is pending. */
+#include "proxy.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "loop.h"
+#include "server.h"
+#include "upstream.h"
+
+#define FREE_EXCHANGES_MAX 1024
+#define AUTHORITY_MAX (HOST_MAX + 8)
+#define REQ_IOV_MAX 48
+
+static void up_ready(void *arg, struct upconn *up, int err);
+static void up_data(void *arg, struct upconn *up);
+static void up_closed(void *arg, struct upconn *up, int err);
+static void up_drained(void *arg, struct upconn *up);
+static void resp_process(struct exchange *ex);
+static void maybe_finish(struct exchange *ex);
+static void connect_upstream(struct exchange *ex, bool fresh);
+
+static const struct upconn_ops up_ops = {up_ready, up_data, up_closed, up_drained};
+
+/* ---- exchange objects ---- */
+
+struct exchange *proxy_exchange_new(struct loop *l, struct client *c)
+{
+    int cap = (int)l->cfg->limits.max_headers;
+    struct exchange *ex = l->free_ex;
+    if (ex && ex->hdr_cap != cap) { /* limits changed by a reload */
+        l->free_ex = ex->next_free;
+        l->n_free_ex--;
+        free(ex->req_hdrs);
+        free(ex->resp_hdrs);
+        free(ex->out);
+        free(ex->saved);
+        free(ex);
+        ex = NULL;
+    }
+    if (ex) {
+        l->free_ex = ex->next_free;
+        l->n_free_ex--;
+    } else {
+        ex = calloc(1, sizeof *ex);
+        if (!ex) return NULL;
+        ex->hdr_cap = cap;
+        ex->req_hdrs = malloc(sizeof(struct hdr) * (size_t)cap);
+        ex->resp_hdrs = malloc(sizeof(struct hdr) * (size_t)cap);
+        ex->out_cap = BUF_BLOCK;
+        ex->out = malloc(ex->out_cap);
+        if (!ex->req_hdrs || !ex->resp_hdrs || !ex->out) {
+            free(ex->req_hdrs);
+            free(ex->resp_hdrs);
+            free(ex->out);
+            free(ex);
+            return NULL;
+        }
+    }
+    struct hdr *rq = ex->req_hdrs, *rs = ex->resp_hdrs;
+    char *out = ex->out, *saved = ex->saved;
+    uint32_t out_cap = ex->out_cap, saved_cap = ex->saved_cap;
+    memset(ex, 0, offsetof(struct exchange, host));
+    ex->req_hdrs = rq;
+    ex->resp_hdrs = rs;
+    ex->out = out;
+    ex->out_cap = out_cap;
+    ex->saved = saved;
+    ex->saved_cap = saved_cap;
+    ex->hdr_cap = cap;
+    ex->req.h = rq;
+    ex->req.cap = cap;
+    ex->resp.h = rs;
+    ex->resp.cap = cap;
+    ex->loop = l;
+    ex->c = c;
+    ex->cfg = config_ref(l->cfg);
+    ex->t_start = uv_now(&l->uv);
+    return ex;
+}
+
+void proxy_exchange_free(struct exchange *ex)
+{
+    struct loop *l = ex->loop;
+    if (ex->state == EX_TOKEN) token_cancel(l, &ex->tw);
+    if (ex->up) {
+        upconn_close(ex->up);
+        ex->up = NULL;
+    }
+    token_put(ex->tok.token);
+    ex->tok.token = NULL;
+    free(ex->replay);
+    ex->replay = NULL;
+    config_unref(ex->cfg);
+    ex->cfg = NULL;
+    if (ex->out_cap > BUF_BLOCK) { /* do not keep a large head buffer around */
+        char *small = malloc(BUF_BLOCK);
+        if (small) {
+            free(ex->out);
+            ex->out = small;
+            ex->out_cap = BUF_BLOCK;
+        }
+    }
+    if (l->n_free_ex < FREE_EXCHANGES_MAX) {
+        ex->next_free = l->free_ex;
+        l->free_ex = ex;
+        l->n_free_ex++;
+        return;
+    }
+    free(ex->req_hdrs);
+    free(ex->resp_hdrs);
+    free(ex->out);
+    free(ex->saved);
+    free(ex);
+}
+
+void proxy_free_list_clear(struct loop *l)
+{
+    while (l->free_ex) {
+        struct exchange *ex = l->free_ex;
+        l->free_ex = ex->next_free;
+        free(ex->req_hdrs);
+        free(ex->resp_hdrs);
+        free(ex->out);
+        free(ex->saved);
+        free(ex);
+    }
+    l->n_free_ex = 0;
+}
+
+static int ensure_out(struct exchange *ex, size_t need)
+{
+    if (need <= ex->out_cap) return 0;
+    char *n = malloc(need);
+    if (!n) return -1;
+    free(ex->out);
+    ex->out = n;
+    ex->out_cap = (uint32_t)need;
+    return 0;
+}
+
+/* ---- errors ---- */
+
+static const char *provider_name(const struct exchange *ex)
+{
+    if (!ex->route || ex->route->provider < 0) return NULL;
+    return ex->cfg->providers[ex->route->provider].name;
+}
+
+static void fail(struct exchange *ex, int status, const char *code, const char *detail)
+{
+    client_error(ex->c, status, code, detail, provider_name(ex), 0);
+}
+
+static void fail_upstream(struct exchange *ex, int err)
+{
+    char d[HOST_MAX + 64];
+    if (err == UP_TIMEOUT) {
+        snprintf(d, sizeof d, "upstream %s:%d did not answer in time", ex->up_host, ex->up_port);
+        fail(ex, 504, "upstream_timeout", d);
+    } else {
+        snprintf(d, sizeof d, "upstream %s:%d refused, reset or failed", ex->up_host, ex->up_port);
+        fail(ex, 502, "upstream_unavailable", d);
+    }
+}
+
+/* ---- request ---- */
+
+static bool idempotent(uint8_t m)
+{
+    return m == HTTP_GET || m == HTTP_HEAD || m == HTTP_OPTIONS || m == HTTP_PUT ||
+           m == HTTP_DELETE || m == HTTP_TRACE;
+}
+
+static void on_token(struct token_wait *w, const struct token_result *r)
+{
+    struct exchange *ex = container_of(w, struct exchange, tw);
+    token_put(ex->tok.token);
+    ex->tok = *r;
+    if (r->status) {
+        ex->state = EX_HEAD;
+        client_error(ex->c, r->status, r->error, r->detail, provider_name(ex), r->retry_after_s);
+        return;
+    }
+    connect_upstream(ex, false);
+}
+
+void proxy_request(struct exchange *ex)
+{
+    struct client *c = ex->c;
+    struct head *hd = &ex->req;
+    const struct config *cfg = ex->cfg;
+    char d[HOST_MAX + 96];
+
+    ex->method = (uint8_t)llhttp_get_method(&c->parser);
+    ex->http_minor = llhttp_get_http_minor(&c->parser);
+    ex->client_keep_alive = llhttp_should_keep_alive(&c->parser);
+    if (llhttp_get_http_major(&c->parser) != 1)
+        return fail(ex, 400, "bad_request", "only HTTP/1.0 and HTTP/1.1 are served");
+    if (head_analyze(hd) != HEAD_OK)
+        return fail(ex, 400, "bad_request", "a header name or value holds a forbidden character");
+    if (ex->method == HTTP_CONNECT)
+        return fail(ex, 405, "connect_not_supported",
+                    "CONNECT opens a tunnel into which no token can be injected; send plain "
+                    "HTTP requests to this proxy instead");
+    if (hd->n_te > 0 && ex->http_minor == 0)
+        return fail(ex, 400, "bad_request", "Transfer-Encoding is not allowed in HTTP/1.0");
+    if (hd->n_te > 0 && !hd->te_chunked_last)
+        return fail(ex, 400, "bad_request", "the final transfer coding must be chunked");
+    if (hd->n_cl > 1 || (hd->n_cl > 0 && hd->n_te > 0))
+        return fail(ex, 400, "bad_request", "conflicting message length headers");
+    if (hd->n_host > 1) return fail(ex, 400, "bad_request", "more than one Host header");
+    ex->has_body = hd->n_te > 0 || (hd->n_cl > 0 && c->parser.content_length > 0);
+
+    const char *url = hd->base + hd->line_off;
+    size_t url_len = hd->line_len;
+    const char *path;
+    size_t path_len;
+    if (url_len > 0 && (url[0] == '/' || (url_len == 1 && url[0] == '*'))) {
+        ex->origin_form = true;
+        path = url;
+        path_len = url_len;
+        if (hd->host_idx >= 0) {
+            const struct hdr *h = &hd->h[hd->host_idx];
+            if (host_normalize(hdr_value(hd, h), h->val_len, 80, ex->host, &ex->port) < 0)
+                return fail(ex, 400, "bad_request", "the Host header is malformed");
+        } else if (ex->http_minor >= 1) {
+            return fail(ex, 400, "bad_request", "HTTP/1.1 requests need a Host header");
+        }
+    } else {
+        const char *auth;
+        size_t auth_len;
+        bool userinfo;
+        if (target_split(url, url_len, &auth, &auth_len, &path, &path_len, &userinfo) < 0)
+            return fail(ex, 400, "bad_request",
+                        userinfo ? "the request target must not carry userinfo"
+                                 : "the request target is malformed");
+        int defport = (url[4] == 's' || url[4] == 'S') ? 443 : 80;
+        if (host_normalize(auth, auth_len, defport, ex->host, &ex->port) < 0)
+            return fail(ex, 400, "bad_request", "the request target's host is malformed");
+    }
+    ex->path_off = (uint32_t)(path - hd->base);
+    ex->path_len = (uint32_t)path_len;
+
+    for (int i = 0; i < hd->n; i++) {
+        const struct hdr *h = &hd->h[i];
+        if (h->kind == H_VIA && via_contains(hdr_value(hd, h), h->val_len, cfg->via)) {
+            snprintf(d, sizeof d, "the request already passed through %s", cfg->via);
+            return fail(ex, 508, "loop_detected", d);
+        }
+    }
+
+    ex->route = router_match(cfg, ex->host, ex->port, path, path_len, ex->origin_form);
+    if (!ex->route) {
+        snprintf(d, sizeof d, "no route for %s%.*s", ex->host[0] ? ex->host : "(no host) ",
+                 (int)(path_len > 64 ? 64 : path_len), path);
+        return fail(ex, 403, "no_route", d);
+    }
+    const struct route_config *r = ex->route;
+    if (r->has_upstream) {
+        ex->up_tls = r->upstream.tls;
+        ex->up_host = r->upstream.host;
+        ex->up_port = r->upstream.port;
+    } else {
+        ex->up_tls = r->provider >= 0;
+        ex->up_host = ex->host;
+        ex->up_port = ex->port == 80 ? (ex->up_tls ? 443 : 80) : ex->port;
+        if (!ex->host[0]) return fail(ex, 400, "bad_request", "the request names no host");
+    }
+
+    if (r->provider >= 0 && !(r->client_authorization == CLIENT_AUTHZ_KEEP && hd->auth_idx >= 0)) {
+        ex->use_token = true;
+        ex->tw.cb = on_token;
+        ex->state = EX_TOKEN;
+        if (token_get(ex->loop, cfg, r->provider, &ex->tw, &ex->tok) == 0) return;
+        ex->state = EX_HEAD;
+        if (ex->tok.status) {
+            client_error(c, ex->tok.status, ex->tok.error, ex->tok.detail, provider_name(ex),
+                         ex->tok.retry_after_s);
+            return;
+        }
+    }
+    connect_upstream(ex, false);
+}
+
+static void connect_upstream(struct exchange *ex, bool fresh)
+{
+    ex->state = EX_CONNECT;
+    struct upconn *up = NULL;
+    int r =
+        upstream_acquire(ex->loop, ex->up_tls, ex->up_host, ex->up_port, fresh, &up_ops, ex, &up);
+    if (r < 0) return fail_upstream(ex, UP_UNAVAILABLE);
+    ex->up = up;
+    if (r == 1) up_ready(ex, up, UP_OK);
+}
+
+/* Authority for the upstream's Host header. */
+static size_t put_authority(const struct exchange *ex, char *out)
+{
+    const struct route_config *r = ex->route;
+    if (r->has_upstream) {
+        size_t n = strlen(r->upstream.authority);
+        memcpy(out, r->upstream.authority, n);
+        return n;
+    }
+    bool v6 = strchr(ex->up_host, ':') != NULL;
+    int def = ex->up_tls ? 443 : 80;
+    if (ex->up_port == def) return (size_t)sprintf(out, v6 ? "[%s]" : "%s", ex->up_host);
+    return (size_t)sprintf(out, v6 ? "[%s]:%d" : "%s:%d", ex->up_host, ex->up_port);
+}
+
+/* Keeps request body bytes for a 401 replay, up to limits.retry_buffer_bytes. */
+static void replay_keep(struct exchange *ex, const char *p, size_t n)
+{
+    if (!ex->use_token || ex->replay_overflow || n == 0) return;
+    uint64_t want = ex->replay_len + n;
+    if (want > (uint64_t)ex->cfg->limits.retry_buffer_bytes) {
+        ex->replay_overflow = true; /* too large: streamed, a 401 goes to the client */
+        free(ex->replay);
+        ex->replay = NULL;
+        ex->replay_len = ex->replay_cap = 0;
+        return;
+    }
+    if (want > ex->replay_cap) {
+        uint64_t cap = ex->replay_cap ? ex->replay_cap : 4096;
+        while (cap < want)
+            cap *= 2;
+        char *b = realloc(ex->replay, cap);
+        if (!b) {
+            ex->replay_overflow = true;
+            return;
+        }
+        ex->replay = b;
+        ex->replay_cap = cap;
+    }
+    memcpy(ex->replay + ex->replay_len, p, n);
+    ex->replay_len = want;
+}
+
+static int save_head(struct exchange *ex, const uv_buf_t *iov, unsigned n)
+{
+    size_t total = 0;
+    for (unsigned i = 0; i < n; i++)
+        total += iov[i].len;
+    if (total > ex->saved_cap) {
+        char *b = malloc(total);
+        if (!b) return -1;
+        free(ex->saved);
+        ex->saved = b;
+        ex->saved_cap = (uint32_t)total;
+    }
+    size_t k = 0;
+    for (unsigned i = 0; i < n; i++) {
+        memcpy(ex->saved + k, iov[i].base, iov[i].len);
+        k += iov[i].len;
+    }
+    ex->saved_len = (uint32_t)total;
+    return 0;
+}
+
+/* The upstream request head: a rebuilt request line, the client's header lines that survive
+ * (as runs of raw bytes from the client's buffer), then Host, Via and the token. A replay
+ * sends the saved head (everything but the token) with the fresh token and the kept body. */
+static int send_head(struct exchange *ex)
+{
+    struct client *c = ex->c;
+    uv_buf_t iov[REQ_IOV_MAX];
+    unsigned n = 0;
+    if (ex->replayed) {
+        iov[n++] = uv_buf_init(ex->saved, ex->saved_len);
+    } else {
+        struct head *hd = &ex->req;
+        const struct route_config *r = ex->route;
+        const char *path = hd->base + ex->path_off;
+        size_t path_len = ex->path_len;
+        if (r->strip_prefix && ex->origin_form) {
+            size_t s = router_strip_len(r, path, path_len);
+            path += s;
+            path_len -= s;
+        }
+        const char *base = r->has_upstream ? r->upstream.path : "";
+        size_t base_len = strlen(base);
+        const char *method = llhttp_method_name((llhttp_method_t)ex->method);
+        size_t need = strlen(method) + base_len + path_len + 16 + AUTHORITY_MAX + 32 +
+                      strlen(ex->cfg->via) + 16;
+        if (ensure_out(ex, need) < 0) return -1;
+        char *o = ex->out;
+        size_t k = (size_t)sprintf(o, "%s ", method);
+        memcpy(o + k, base, base_len);
+        k += base_len;
+        if (path_len == 0 || path[0] != '/') o[k++] = '/';
+        if (path_len == 1 && path[0] == '*') path_len = 0;
+        memcpy(o + k, path, path_len);
+        k += path_len;
+        memcpy(o + k, " HTTP/1.1\r\n", 11);
+        k += 11;
+        iov[n++] = uv_buf_init(o, (unsigned)k);
+
+        uint32_t run_start = 0, run_end = 0;
+        for (int i = 0; i < hd->n; i++) {
+            const struct hdr *h = &hd->h[i];
+            bool keep = !h->hop && !(h->kind == H_AUTHORIZATION && ex->use_token);
+            if (!keep) continue;
+            if (run_end && run_end == h->name_off) {
+                run_end = h->line_end;
+                continue;
+            }
+            if (run_end) {
+                if (n >= REQ_IOV_MAX - 5) return -1;
+                iov[n++] = uv_buf_init((char *)hd->base + run_start, run_end - run_start);
+            }
+            run_start = h->name_off;
+            run_end = h->line_end;
+        }
+        if (run_end) iov[n++] = uv_buf_init((char *)hd->base + run_start, run_end - run_start);
+
+        char *t = o + k;
+        size_t tl = 0;
+        memcpy(t, "Host: ", 6);
+        tl += 6;
+        tl += put_authority(ex, t + tl);
+        tl += (size_t)sprintf(t + tl, "\r\nVia: 1.1 %s\r\n", ex->cfg->via);
+        iov[n++] = uv_buf_init(t, (unsigned)tl);
+        if (ex->use_token && save_head(ex, iov, n) < 0) return -1;
+    }
+    if (ex->use_token && ex->tok.token)
+        iov[n++] = uv_buf_init(ex->tok.token->header, (unsigned)ex->tok.token->header_len);
+    iov[n++] = uv_buf_init("\r\n", 2);
+    if (ex->replayed && ex->replay_len)
+        iov[n++] = uv_buf_init(ex->replay, (unsigned)ex->replay_len);
+    /* body bytes already parsed ride along */
+    if (c->in.off > c->fwd) {
+        iov[n++] = uv_buf_init(c->in.base + c->fwd, c->in.off - c->fwd);
+        replay_keep(ex, c->in.base + c->fwd, c->in.off - c->fwd);
+    }
+    c->fwd = c->in.off;
+    ex->head_sent = true;
+    int w = upconn_write(ex->up, iov, n);
+    if (w < 0) return -1;
+    ex->up_write_pending = w == 1;
+    return 0;
+}
+
+static llhttp_settings_t response_settings;
+
+static void up_ready(void *arg, struct upconn *up, int err)
+{
+    struct exchange *ex = arg;
+    if (err) {
+        ex->up = NULL;
+        return fail_upstream(ex, err);
+    }
+    ex->up = up;
+    ex->state = EX_SEND;
+    llhttp_init(&ex->rp, HTTP_RESPONSE, &response_settings);
+    ex->rp.data = &ex->resp;
+    head_reset(&ex->resp, 0);
+    ex->resp_mark = 0;
+    if (send_head(ex) < 0) {
+        upconn_close(ex->up);
+        ex->up = NULL;
+        return fail_upstream(ex, UP_UNAVAILABLE);
+    }
+    upconn_timeout(up, (uint64_t)ex->cfg->limits.upstream_timeout_ms);
+    upconn_read(up, true);
+    if (!ex->up_write_pending && ex->has_body) client_body_taken(ex->c);
+}
+
+void proxy_client_data(struct exchange *ex)
+{
+    struct client *c = ex->c;
+    if (ex->state != EX_SEND || !ex->head_sent || ex->up_write_pending || !ex->up) {
+        return;
+    }
+    if (c->in.off > c->fwd) {
+        uv_buf_t b = uv_buf_init(c->in.base + c->fwd, c->in.off - c->fwd);
+        replay_keep(ex, b.base, b.len);
+        c->fwd = c->in.off;
+        int w = upconn_write(ex->up, &b, 1);
+        if (w < 0) {
+            if (ex->resp_started) return client_abort(c);
+            upconn_close(ex->up);
+            ex->up = NULL;
+            return fail_upstream(ex, UP_UNAVAILABLE);
+        }
+        if (w == 1) {
+            ex->up_write_pending = true;
+            return;
+        }
+        client_body_taken(c); /* may parse more and call us again */
+        return;
+    }
+    maybe_finish(ex);
+}
+
+static void up_drained(void *arg, struct upconn *up)
+{
+    struct exchange *ex = arg;
+    (void)up;
+    ex->up_write_pending = false;
+    if (ex->has_body)
+        client_body_taken(ex->c);
+    else
+        maybe_finish(ex);
+}
+
+/* ---- response ---- */
+
+static struct exchange *ex_of_resp(llhttp_t *p)
+{
+    return container_of((struct head *)p->data, struct exchange, resp);
+}
+
+static int resp_on_message_begin(llhttp_t *p)
+{
+    struct exchange *ex = ex_of_resp(p);
+    head_reset(&ex->resp, ex->resp_mark);
+    return 0;
+}
+
+static int resp_on_headers_complete(llhttp_t *p)
+{
+    struct exchange *ex = ex_of_resp(p);
+    ex->resp_head_ready = true;
+    int status = llhttp_get_status_code(p);
+    if (status >= 100 && status < 200) return HPE_PAUSED;
+    if (ex->method == HTTP_HEAD || status == 204 || status == 304) {
+        ex->resp_is_head = true;
+        return 1; /* no body follows, whatever the headers say */
+    }
+    ex->resp_close_delimited = llhttp_message_needs_eof(p);
+    ex->resp_dechunk = ex->http_minor == 0 && (p->flags & F_CHUNKED);
+    return HPE_PAUSED;
+}
+
+static int resp_on_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct exchange *ex = ex_of_resp(p);
+    if (ex->resp_dechunk) {
+        char *dst = (char *)ex->resp.base + ex->resp_w;
+        if (dst != at) memmove(dst, at, len);
+        ex->resp_w += (uint32_t)len;
+    }
+    return 0;
+}
+
+static int resp_on_message_complete(llhttp_t *p)
+{
+    struct exchange *ex = ex_of_resp(p);
+    int status = llhttp_get_status_code(p);
+    if (status >= 100 && status < 200) return 0;
+    ex->resp_done = true;
+    return HPE_PAUSED;
+}
+
+static llhttp_settings_t response_settings = {
+    .on_message_begin = resp_on_message_begin,
+    .on_status = head_on_status,
+    .on_header_field = head_on_header_field,
+    .on_header_value = head_on_header_value,
+    .on_headers_complete = resp_on_headers_complete,
+    .on_body = resp_on_body,
+    .on_message_complete = resp_on_message_complete,
+};
+
+static bool client_closes_after(const struct exchange *ex)
+{
+    return !ex->client_keep_alive || ex->resp_close_delimited || ex->resp_dechunk ||
+           ex->loop->draining || !ex->req_complete;
+}
+
+/* Builds the client's response head into ex->out. Returns its length or -1. */
+static int build_resp_head(struct exchange *ex)
+{
+    struct head *hd = &ex->resp;
+    if (head_analyze(hd) != HEAD_OK) return -1;
+    size_t need = 32 + hd->line_len + (hd->end - hd->start) + strlen(ex->cfg->via) + 64;
+    if (ensure_out(ex, need) < 0) return -1;
+    char *o = ex->out;
+    int status = llhttp_get_status_code(&ex->rp);
+    size_t k = (size_t)sprintf(o, "HTTP/1.1 %03d ", status);
+    memcpy(o + k, hd->base + hd->line_off, hd->line_len);
+    k += hd->line_len;
+    memcpy(o + k, "\r\n", 2);
+    k += 2;
+    for (int i = 0; i < hd->n; i++) {
+        const struct hdr *h = &hd->h[i];
+        if (h->hop) continue;
+        if (ex->resp_dechunk && h->kind == H_TRANSFER_ENCODING) continue;
+        uint32_t len = h->line_end - h->name_off;
+        memcpy(o + k, hd->base + h->name_off, len);
+        k += len;
+    }
+    k += (size_t)sprintf(o + k, "Via: 1.1 %s\r\n", ex->cfg->via);
+    if (client_closes_after(ex))
+        k += (size_t)sprintf(o + k, "Connection: close\r\n");
+    else if (ex->http_minor == 0)
+        k += (size_t)sprintf(o + k, "Connection: keep-alive\r\n");
+    memcpy(o + k, "\r\n", 2);
+    return (int)(k + 2);
+}
+
+static void resp_fail(struct exchange *ex, int err)
+{
+    if (ex->up) {
+        upconn_close(ex->up);
+        ex->up = NULL;
+    }
+    if (ex->resp_started) return client_abort(ex->c);
+    fail_upstream(ex, err);
+}
+
+/* Writes [from, to) of the upstream buffer (plus an optional head) to the client. Returns
+ * 0 done, 1 pending, -1 error. */
+static int relay(struct exchange *ex, const char *head, size_t head_len, uint32_t from, uint32_t to)
+{
+    uv_buf_t b[2];
+    unsigned n = 0;
+    if (head_len) b[n++] = uv_buf_init((char *)head, (unsigned)head_len);
+    if (to > from) b[n++] = uv_buf_init(ex->up->in.base + from, to - from);
+    if (n == 0) return 0;
+    int w = client_write(ex->c, b, n);
+    if (w == 1) {
+        ex->client_write_pending = true;
+        upconn_read(ex->up, false);
+    }
+    return w;
+}
+
+/* The upstream refused the token: forget it (if still cached), get a fresh one (single flight)
+ * and send the request again, once. The 401's connection is not reused. */
+static void replay_401(struct exchange *ex)
+{
+    struct loop *l = ex->loop;
+    l->stats.retries_401++;
+    log_info("upstream %s:%d answered 401 to a minted token: replaying with a fresh one",
+             ex->up_host, ex->up_port);
+    if (ex->tok.token) {
+        token_invalidate(l, ex->tok.token);
+        token_put(ex->tok.token);
+        ex->tok.token = NULL;
+    }
+    upconn_close(ex->up);
+    ex->up = NULL;
+    ex->up_write_pending = false;
+    ex->replayed = true;
+    ex->head_sent = false;
+    ex->resp_head_ready = ex->resp_done = ex->resp_close_delimited = false;
+    ex->resp_dechunk = ex->resp_is_head = ex->resp_kick = false;
+    ex->tw.cb = on_token;
+    ex->state = EX_TOKEN;
+    if (token_get(l, ex->cfg, ex->route->provider, &ex->tw, &ex->tok) == 0) return;
+    ex->state = EX_HEAD;
+    if (ex->tok.status) {
+        client_error(ex->c, ex->tok.status, ex->tok.error, ex->tok.detail, provider_name(ex),
+                     ex->tok.retry_after_s);
+        return;
+    }
+    connect_upstream(ex, false);
+}
+
+static void resp_process(struct exchange *ex)
+{
+    while (ex->up && !ex->client_write_pending && !ex->resp_done) {
+        struct inbuf *in = &ex->up->in;
+        if (in->off == in->len) {
+            if (ex->resp_started) in->off = in->len = 0; /* a head in progress stays */
+            if (!ex->resp_kick) break;
+        }
+        ex->resp_kick = false; /* a bodyless message completes on an empty execute */
+        ex->resp.base = in->base;
+        uint32_t from = in->off;
+        ex->resp_w = from;
+        enum llhttp_errno e = llhttp_execute(&ex->rp, in->base + from, in->len - from);
+        uint32_t pos = e == HPE_OK ? in->len : (uint32_t)(llhttp_get_error_pos(&ex->rp) - in->base);
+        if (e != HPE_OK && e != HPE_PAUSED) {
+            log_info("upstream %s:%d: invalid response: %s", ex->up_host, ex->up_port,
+                     llhttp_errno_name(e));
+            return resp_fail(ex, UP_UNAVAILABLE);
+        }
+        if (!ex->resp_started) {
+            in->off = pos;
+            if (!ex->resp_head_ready) { /* head incomplete */
+                if (in->len == in->cap) {
+                    uint32_t lim = (uint32_t)ex->cfg->limits.max_header_bytes + REQUEST_LINE_MAX;
+                    if (in->cap >= lim || inbuf_grow(in, &ex->loop->pool, lim) < 0)
+                        return resp_fail(ex, UP_UNAVAILABLE);
+                }
+                continue;
+            }
+            ex->resp.end = pos;
+            int status = llhttp_get_status_code(&ex->rp);
+            if (status >= 100 && status < 200) {
+                ex->resp_head_ready = false;
+                ex->resp_mark = pos;
+                llhttp_resume(&ex->rp);
+                ex->resp_kick = true;
+                if (status == 101) continue; /* never passed on: no upgrades */
+                int w = relay(ex, NULL, 0, ex->resp.start, pos);
+                if (w < 0) return client_abort(ex->c);
+                continue;
+            }
+            if (status == 401 && ex->use_token && !ex->replayed && !ex->replay_overflow)
+                return replay_401(ex);
+            int hl = build_resp_head(ex);
+            if (hl < 0) return resp_fail(ex, UP_UNAVAILABLE);
+            ex->resp_started = true;
+            if (e == HPE_PAUSED && !ex->resp_done) {
+                llhttp_resume(&ex->rp);
+                ex->resp_kick = true;
+            }
+            ex->resp_mark = pos;
+            if (relay(ex, ex->out, (size_t)hl, 0, 0) < 0) return client_abort(ex->c);
+            continue;
+        }
+        /* body */
+        uint32_t to = ex->resp_dechunk ? ex->resp_w : pos;
+        in->off = pos;
+        int w = relay(ex, NULL, 0, from, to);
+        if (w < 0) {
+            if (ex->up) {
+                upconn_close(ex->up);
+                ex->up = NULL;
+            }
+            return client_abort(ex->c);
+        }
+        if (e == HPE_PAUSED && !ex->resp_done) llhttp_resume(&ex->rp);
+    }
+    if (ex->up || ex->resp_done) maybe_finish(ex);
+}
+
+static void up_data(void *arg, struct upconn *up)
+{
+    struct exchange *ex = arg;
+    (void)up;
+    if (ex->client_write_pending) {
+        upconn_read(up, false);
+        return;
+    }
+    resp_process(ex);
+}
+
+void proxy_client_drained(struct exchange *ex)
+{
+    ex->client_write_pending = false;
+    if (ex->up) {
+        struct inbuf *in = &ex->up->in;
+        if (in->off == in->len) in->off = in->len = 0;
+        if (!ex->resp_done) upconn_read(ex->up, true);
+        resp_process(ex);
+        return;
+    }
+    maybe_finish(ex);
+}
+
+static void up_closed(void *arg, struct upconn *up, int err)
+{
+    struct exchange *ex = arg;
+    (void)up;
+    bool had_bytes = ex->resp.n > 0 || ex->resp_head_ready || ex->resp_started;
+    ex->up = NULL;
+    if (!ex->resp_started) {
+        bool reused = up->reused;
+        if (err != UP_TIMEOUT && reused && !had_bytes && !ex->retried && !ex->has_body &&
+            idempotent(ex->method)) {
+            ex->retried = true;
+            ex->head_sent = false;
+            log_debug("upstream %s:%d: pooled connection was closed, retrying", ex->up_host,
+                      ex->up_port);
+            return connect_upstream(ex, true);
+        }
+        if (err == 0) err = UP_UNAVAILABLE;
+        return fail_upstream(ex, err);
+    }
+    if (err == 0 && !ex->resp_done) {
+        /* EOF: completes a close-delimited body, cuts any other */
+        enum llhttp_errno e = llhttp_finish(&ex->rp);
+        if ((e == HPE_OK || e == HPE_PAUSED) && ex->resp_done) {
+            maybe_finish(ex);
+            return;
+        }
+    }
+    if (ex->resp_done) {
+        maybe_finish(ex);
+        return;
+    }
+    ex->client_write_pending = ex->c->write_pending;
+    client_abort(ex->c);
+}
+
+static void maybe_finish(struct exchange *ex)
+{
+    if (!ex->resp_done || ex->client_write_pending || ex->up_write_pending) return;
+    struct client *c = ex->c;
+    struct loop *l = ex->loop;
+    bool keep = !client_closes_after(ex) && ex->req_complete;
+    if (ex->up) {
+        struct inbuf *in = &ex->up->in;
+        bool reusable = ex->req_complete && !ex->resp_close_delimited &&
+                        llhttp_should_keep_alive(&ex->rp) && in->off == in->len;
+        if (reusable) {
+            upconn_release(ex->up);
+        } else {
+            upconn_close(ex->up);
+        }
+        ex->up = NULL;
+    }
+    int status = llhttp_get_status_code(&ex->rp);
+    l->stats.requests_by_class[status / 100 < 6 ? status / 100 : 0]++;
+    double secs = (double)(uv_now(&l->uv) - ex->t_start) / 1000.0;
+    l->stats.latency_count++;
+    l->stats.latency_sum_s += secs;
+    for (int i = 0; i < LATENCY_BUCKETS; i++)
+        if (secs <= stats_latency_bounds[i]) {
+            l->stats.latency_le[i]++;
+            break;
+        }
+    ex->state = EX_DONE;
+    client_exchange_done(c, keep);
+}
+
+void proxy_abort(struct exchange *ex)
+{
+    client_abort(ex->c);
+}

@@ -1,0 +1,78 @@
+/* proxy.h - one request's life as a state machine: route, token, upstream connection, request
+ * head and body forwarding, response head rewriting and body relay, replay, completion.
+ *
+ * A struct exchange comes from the loop's free list (proxy_exchange_new) and goes back when the
+ * request is over. It holds a reference on the configuration snapshot that was current when
+ * the request began. Its header arrays and head buffer are allocated once per exchange object,
+ * not per request. */
+#ifndef AUTHPROXY_PROXY_H
+#define AUTHPROXY_PROXY_H
+
+#include <llhttp.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "http.h"
+#include "router.h"
+#include "token.h"
+
+struct loop;
+struct client;
+struct upconn;
+
+enum exchange_state { EX_HEAD, EX_TOKEN, EX_CONNECT, EX_SEND, EX_DONE };
+
+struct exchange {
+    struct head req;  /* client parser's data points here */
+    struct head resp; /* response parser's data points here */
+    struct exchange *next_free;
+    struct loop *loop;
+    struct client *c;
+    struct config *cfg;
+    const struct route_config *route;
+    struct upconn *up;
+    llhttp_t rp;
+    struct token_wait tw;
+    struct token_result tok;
+    struct hdr *req_hdrs, *resp_hdrs;
+    int hdr_cap;
+    char *out; /* request line / response head scratch, out_cap bytes */
+    uint32_t out_cap;
+    char *saved; /* the upstream request head without token, kept for a 401 replay */
+    uint32_t saved_len, saved_cap;
+    char *replay; /* request body bytes sent so far, up to limits.retry_buffer_bytes */
+    uint64_t replay_len, replay_cap;
+    uint8_t state;
+    uint8_t method;
+    uint8_t http_minor;
+    bool origin_form, has_body, req_complete, client_keep_alive;
+    bool use_token, head_sent, up_write_pending, client_write_pending;
+    bool resp_head_ready, resp_started, resp_done, resp_dechunk, resp_close_delimited;
+    bool retried, resp_is_head, resp_kick;
+    bool replayed, replay_overflow;
+    uint32_t resp_w;    /* dechunk: write cursor in the upstream buffer */
+    uint32_t resp_mark; /* start of response bytes not yet written to the client */
+    char host[HOST_MAX];
+    int port;
+    /* upstream target */
+    bool up_tls;
+    const char *up_host; /* route's upstream host or ex->host */
+    int up_port;
+    uint32_t path_off, path_len; /* in the client buffer */
+    uint64_t t_start;
+};
+
+struct exchange *proxy_exchange_new(struct loop *l, struct client *c);
+void proxy_exchange_free(struct exchange *ex);
+void proxy_free_list_clear(struct loop *l);
+
+/* The server parsed a request head (c->ex->req); validates, routes and starts the exchange. */
+void proxy_request(struct exchange *ex);
+/* The server parsed more body bytes (or the end of the request). */
+void proxy_client_data(struct exchange *ex);
+/* A pending write to the client completed. */
+void proxy_client_drained(struct exchange *ex);
+/* The client went away: drop everything. */
+void proxy_abort(struct exchange *ex);
+
+#endif

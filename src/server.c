@@ -1,0 +1,632 @@
+/* server.c - listeners and client connections (see server.h).
+ *
+ * Memory: struct client is calloc'd at accept, freed in the close callback of its last handle;
+ * its exchange goes back to the loop's free list when the request ends or the client goes. */
+#include "server.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "admin.h"
+#include "log.h"
+#include "loop.h"
+#include "proxy.h"
+
+#define LINGER_MS 2000 /* after a final response, input is discarded this long at most */
+#define LISTEN_BACKLOG 1024
+#define ERROR_BODY_MAX 1024
+
+enum { T_NONE, T_HEADER, T_IDLE, T_LINGER };
+
+static void client_process(struct client *c);
+static void client_close(struct client *c);
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+/* ---- llhttp request callbacks ---- */
+
+static int on_headers_complete(llhttp_t *p)
+{
+    (void)p;
+    return HPE_PAUSED;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    (void)p;
+    return HPE_PAUSED;
+}
+
+static llhttp_settings_t request_settings = {
+    .on_url = head_on_url,
+    .on_header_field = head_on_header_field,
+    .on_header_value = head_on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_message_complete = on_message_complete,
+};
+
+/* ---- timers ---- */
+
+static void on_timer(uv_timer_t *t)
+{
+    struct client *c = t->data;
+    switch (c->state) {
+    case C_HEAD:
+        if (c->ex)
+            client_error(c, 408, "request_timeout", "the request head was not received in time",
+                         NULL, 0);
+        else
+            client_close(c);
+        break;
+    case C_CLOSING:
+        client_close(c);
+        break;
+    default:
+        break;
+    }
+}
+
+static void timer_set(struct client *c, uint64_t ms)
+{
+    uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
+/* ---- reading ---- */
+
+static void read_update(struct client *c)
+{
+    bool want = c->state != C_CLOSED && !c->eof &&
+                (c->state == C_CLOSING || !c->in.base || c->in.len < c->in.cap);
+    if (want && !c->reading) {
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+        c->reading = true;
+    } else if (!want && c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    }
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    struct client *c = h->data;
+    if (c->state == C_CLOSING) {
+        buf->base = c->loop->scratch;
+        buf->len = BUF_BLOCK;
+        return;
+    }
+    if (inbuf_ensure(&c->in, &c->loop->pool) < 0) {
+        buf->base = NULL;
+        buf->len = 0;
+        return;
+    }
+    buf->base = c->in.base + c->in.len;
+    buf->len = c->in.cap - c->in.len;
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct client *c = s->data;
+    (void)buf;
+    if (c->state == C_CLOSED) return;
+    if (nread == 0) return;
+    if (nread == UV_ENOBUFS) {
+        uv_read_stop(s);
+        c->reading = false;
+        return;
+    }
+    if (nread < 0) {
+        c->eof = true;
+        uv_read_stop(s);
+        c->reading = false;
+        /* A client that half-closes after a complete request still gets its answer. */
+        if (nread == UV_EOF && c->state == C_DONE) return;
+        client_close(c);
+        return;
+    }
+    if (c->state == C_CLOSING) return; /* lingering: discard */
+    if (c->state == C_HEAD && !c->ex)  /* first bytes of a request */
+        timer_set(c, (uint64_t)c->loop->cfg->limits.header_timeout_ms);
+    c->in.len += (uint32_t)nread;
+    client_process(c);
+}
+
+/* ---- parsing ---- */
+
+static int head_limit(const struct client *c)
+{
+    return (int)c->loop->cfg->limits.max_header_bytes + REQUEST_LINE_MAX;
+}
+
+static void head_failed(struct client *c, enum llhttp_errno e)
+{
+    struct head *hd = &c->ex->req;
+    if (hd->error == HEAD_TOO_MANY)
+        client_error(c, 431, "headers_too_large", "the request has too many headers", NULL, 0);
+    else if (hd->error == HEAD_URI_TOO_LONG)
+        client_error(c, 414, "uri_too_long", "the request line is longer than 8 KiB", NULL, 0);
+    else {
+        char d[160];
+        snprintf(d, sizeof d, "malformed request: %s", llhttp_errno_name(e));
+        client_error(c, 400, "bad_request", d, NULL, 0);
+    }
+}
+
+static void parse_head(struct client *c)
+{
+    if (c->in.off == c->in.len) return;
+    if (!c->ex) {
+        c->ex = proxy_exchange_new(c->loop, c);
+        if (!c->ex) {
+            client_close(c);
+            return;
+        }
+        c->parser.data = &c->ex->req;
+        head_reset(&c->ex->req, c->in.off);
+    }
+    struct head *hd = &c->ex->req;
+    hd->base = c->in.base;
+    const char *start = c->in.base + c->in.off;
+    enum llhttp_errno e = llhttp_execute(&c->parser, start, c->in.len - c->in.off);
+    if (e == HPE_OK) {
+        c->in.off = c->in.len;
+        uint32_t used = c->in.len - hd->start;
+        if (used - hd->line_len > (uint32_t)c->loop->cfg->limits.max_header_bytes) {
+            client_error(c, 431, "headers_too_large", "the request head is too large", NULL, 0);
+            return;
+        }
+        if (c->in.len == c->in.cap) {
+            uint32_t want = c->in.cap * 2;
+            if (want > (uint32_t)head_limit(c) + 1024) want = (uint32_t)head_limit(c) + 1024;
+            if (want <= c->in.cap || inbuf_grow(&c->in, &c->loop->pool, want) < 0) {
+                if (hd->n == 0 && !hd->in_value && hd->line_len > 0 && hd->line_len > 4096)
+                    client_error(c, 414, "uri_too_long", "the request line is longer than 8 KiB",
+                                 NULL, 0);
+                else
+                    client_error(c, 431, "headers_too_large", "the request head is too large", NULL,
+                                 0);
+            }
+        }
+        return;
+    }
+    if (e != HPE_PAUSED) {
+        head_failed(c, e);
+        return;
+    }
+    c->in.off = (uint32_t)(llhttp_get_error_pos(&c->parser) - c->in.base);
+    llhttp_resume(&c->parser);
+    hd->end = c->in.off;
+    if (hd->end - hd->start - hd->line_len > (uint32_t)c->loop->cfg->limits.max_header_bytes) {
+        client_error(c, 431, "headers_too_large", "the request head is too large", NULL, 0);
+        return;
+    }
+    uv_timer_stop(&c->timer);
+    c->fwd = c->in.off;
+    c->state = C_BODY;
+    if (c->admin)
+        admin_request(c->ex);
+    else
+        proxy_request(c->ex);
+    c->again = true;
+}
+
+static void parse_body(struct client *c)
+{
+    if (!c->ex) return;
+    c->ex->req.base = c->in.base;
+    const char *start = c->in.base + c->in.off;
+    enum llhttp_errno e = llhttp_execute(&c->parser, start, c->in.len - c->in.off);
+    if (e == HPE_OK) {
+        c->in.off = c->in.len;
+    } else if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
+        c->in.off = (uint32_t)(llhttp_get_error_pos(&c->parser) - c->in.base);
+        if (e == HPE_PAUSED)
+            llhttp_resume(&c->parser);
+        else
+            llhttp_reset(&c->parser);
+        c->state = C_DONE;
+        c->ex->req_complete = true;
+    } else {
+        char d[160];
+        snprintf(d, sizeof d, "malformed request body: %s", llhttp_errno_name(e));
+        if (c->ex->resp_started) {
+            client_abort(c);
+            return;
+        }
+        client_error(c, 400, "bad_request", d, NULL, 0);
+        return;
+    }
+    proxy_client_data(c->ex);
+}
+
+static void client_process(struct client *c)
+{
+    if (c->in_process) {
+        c->again = true;
+        return;
+    }
+    c->in_process = true;
+    do {
+        c->again = false;
+        if (c->state == C_HEAD)
+            parse_head(c);
+        else if (c->state == C_BODY && (c->in.off < c->in.len || !c->ex->req_complete))
+            parse_body(c);
+    } while (c->again && (c->state == C_HEAD || c->state == C_BODY));
+    c->in_process = false;
+    if (c->state != C_CLOSED) read_update(c);
+}
+
+void client_body_taken(struct client *c)
+{
+    if (c->state == C_CLOSED) return;
+    if (c->fwd == c->in.len && c->in.off == c->in.len) {
+        c->in.len = c->in.off = c->fwd = 0;
+    } else if (c->fwd > 0 && c->fwd == c->in.off && c->in.cap - c->in.len < BUF_BLOCK / 4) {
+        inbuf_shift(&c->in, c->fwd);
+        c->fwd = 0;
+    }
+    client_process(c);
+}
+
+/* ---- writing ---- */
+
+static void on_written(uv_write_t *req, int status)
+{
+    struct client *c = container_of(req, struct client, wreq);
+    c->write_pending = false;
+    free(c->resp_buf);
+    c->resp_buf = NULL;
+    if (c->state == C_CLOSED) return;
+    if (status < 0) {
+        client_close(c);
+        return;
+    }
+    if (c->state == C_CLOSING) {
+        uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, NULL);
+        return;
+    }
+    if (c->ex) proxy_client_drained(c->ex);
+}
+
+int client_write(struct client *c, const uv_buf_t *bufs, unsigned n)
+{
+    if (c->state == C_CLOSED || c->write_pending) return -1;
+    int w = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
+    if (w < 0 && w != UV_EAGAIN) return -1;
+    size_t done = w > 0 ? (size_t)w : 0;
+    uv_buf_t rest[64];
+    unsigned k = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (done >= bufs[i].len) {
+            done -= bufs[i].len;
+            continue;
+        }
+        if (k == sizeof rest / sizeof rest[0]) return -1;
+        rest[k++] = uv_buf_init(bufs[i].base + done, (unsigned)(bufs[i].len - done));
+        done = 0;
+    }
+    if (k == 0) return 0;
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, rest, k, on_written) < 0) return -1;
+    c->write_pending = true;
+    return 1;
+}
+
+/* ---- ending ---- */
+
+static void on_client_closed(uv_handle_t *h)
+{
+    struct client *c = h->data;
+    if (--c->handles_open > 0) return;
+    free(c);
+}
+
+static void accept_pending(struct loop *l);
+
+static void client_close(struct client *c)
+{
+    if (c->state == C_CLOSED) return;
+    c->state = C_CLOSED;
+    if (c->ex) {
+        proxy_exchange_free(c->ex);
+        c->ex = NULL;
+    }
+    struct loop *l = c->loop;
+    inbuf_free(&c->in, &l->pool);
+    if (c->prev) c->prev->next = c->next;
+    if (c->next) c->next->prev = c->prev;
+    if (l->clients == c) l->clients = c->next;
+    l->n_clients--;
+    l->stats.open_connections--;
+    uv_close((uv_handle_t *)&c->tcp, on_client_closed);
+    uv_close((uv_handle_t *)&c->timer, on_client_closed);
+    accept_pending(l);
+}
+
+void client_abort(struct client *c)
+{
+    if (c->state == C_CLOSED) return;
+    if (c->ex) {
+        proxy_exchange_free(c->ex);
+        c->ex = NULL;
+    }
+    if (c->write_pending) { /* let what was relayed go out, then close */
+        c->state = C_CLOSING;
+        timer_set(c, LINGER_MS);
+        return;
+    }
+    client_close(c);
+}
+
+/* Lingering close: after the last write, shut down our side and discard input for a while, so
+ * the client reads the response instead of a reset. */
+static void linger(struct client *c)
+{
+    c->state = C_CLOSING;
+    timer_set(c, LINGER_MS);
+    if (!c->write_pending) uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, NULL);
+    read_update(c);
+}
+
+void client_exchange_done(struct client *c, bool keep)
+{
+    if (c->ex) {
+        proxy_exchange_free(c->ex);
+        c->ex = NULL;
+    }
+    if (c->state == C_CLOSED) return;
+    if (!keep || c->eof || c->loop->draining) {
+        if (c->eof && !c->write_pending)
+            client_close(c);
+        else
+            linger(c);
+        return;
+    }
+    c->state = C_HEAD;
+    /* drop the finished request; pipelined bytes move to the front */
+    if (c->in.off == c->in.len) {
+        inbuf_free(&c->in, &c->loop->pool);
+        c->fwd = 0;
+        timer_set(c, (uint64_t)c->loop->cfg->limits.idle_timeout_ms);
+    } else {
+        inbuf_shift(&c->in, c->in.off);
+        c->fwd = 0;
+        timer_set(c, (uint64_t)c->loop->cfg->limits.header_timeout_ms);
+    }
+    client_process(c);
+}
+
+static const char *reason(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 414:
+        return "URI Too Long";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 508:
+        return "Loop Detected";
+    default:
+        return "Error";
+    }
+}
+
+static size_t json_str(char *out, size_t cap, const char *s)
+{
+    size_t n = 0;
+    if (cap < 3) return 0;
+    out[n++] = '"';
+    for (; *s && n + 8 < cap; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') {
+            out[n++] = '\\';
+            out[n++] = (char)ch;
+        } else if (ch < 0x20 || ch == 0x7f) {
+            n += (size_t)snprintf(out + n, cap - n, "\\u%04x", ch);
+        } else {
+            out[n++] = (char)ch;
+        }
+    }
+    out[n++] = '"';
+    return n;
+}
+
+/* A complete response written in one go, then the connection closes. */
+void client_respond(struct client *c, int status, const char *ctype, const char *body,
+                    size_t body_len, int retry_after_s)
+{
+    if (c->state == C_CLOSED || c->state == C_CLOSING) return;
+    if (c->ex) {
+        proxy_exchange_free(c->ex);
+        c->ex = NULL;
+    }
+    c->loop->stats.requests_by_class[status / 100 < 6 ? status / 100 : 0]++;
+    char head[256];
+    int hl = snprintf(head, sizeof head,
+                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                      "Connection: close\r\n",
+                      status, reason(status), ctype, body_len);
+    if (retry_after_s > 0)
+        hl += snprintf(head + hl, sizeof head - (size_t)hl, "Retry-After: %d\r\n", retry_after_s);
+    hl += snprintf(head + hl, sizeof head - (size_t)hl, "\r\n");
+    /* Copied: the write may outlive the caller's buffers. */
+    size_t total = (size_t)hl + body_len;
+    char *copy = malloc(total);
+    if (!copy) {
+        client_close(c);
+        return;
+    }
+    memcpy(copy, head, (size_t)hl);
+    memcpy(copy + hl, body, body_len);
+    uv_buf_t b = uv_buf_init(copy, (unsigned)total);
+    int w = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (w < 0 && w != UV_EAGAIN) {
+        free(copy);
+        client_close(c);
+        return;
+    }
+    if ((size_t)(w > 0 ? w : 0) < total) {
+        size_t done = w > 0 ? (size_t)w : 0;
+        memmove(copy, copy + done, total - done);
+        b = uv_buf_init(copy, (unsigned)(total - done));
+        if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_written) == 0) {
+            c->write_pending = true;
+            c->resp_buf = copy; /* freed by on_written */
+        }
+    }
+    if (!c->write_pending) free(copy);
+    linger(c);
+}
+
+void client_error(struct client *c, int status, const char *code, const char *detail,
+                  const char *provider, int retry_after_s)
+{
+    char body[ERROR_BODY_MAX];
+    size_t n = (size_t)snprintf(body, sizeof body, "{\"error\": \"%s\", \"detail\": ", code);
+    n += json_str(body + n, sizeof body - n - 64, detail);
+    if (provider) {
+        n += (size_t)snprintf(body + n, sizeof body - n, ", \"provider\": ");
+        n += json_str(body + n, sizeof body - n - 4, provider);
+    }
+    n += (size_t)snprintf(body + n, sizeof body - n, "}\n");
+    if (status >= 500 || status == 408)
+        log_info("%d %s: %s", status, code, detail);
+    else
+        log_debug("%d %s: %s", status, code, detail);
+    client_respond(c, status, "application/json", body, n, retry_after_s);
+}
+
+/* ---- accepting ---- */
+
+static void accept_one(struct listener *ls)
+{
+    struct loop *l = ls->loop;
+    struct client *c = calloc(1, sizeof *c);
+    if (!c) return;
+    uv_tcp_init(&l->uv, &c->tcp);
+    if (uv_accept((uv_stream_t *)&ls->tcp, (uv_stream_t *)&c->tcp) < 0) {
+        c->handles_open = 1;
+        c->tcp.data = c;
+        uv_close((uv_handle_t *)&c->tcp, on_client_closed);
+        return;
+    }
+    uv_timer_init(&l->uv, &c->timer);
+    c->tcp.data = c->timer.data = c;
+    c->handles_open = 2;
+    c->loop = l;
+    c->admin = ls->admin;
+    c->state = C_HEAD;
+    llhttp_init(&c->parser, HTTP_REQUEST, &request_settings);
+    uv_tcp_nodelay(&c->tcp, 1);
+    c->next = l->clients;
+    if (l->clients) l->clients->prev = c;
+    l->clients = c;
+    l->n_clients++;
+    l->stats.open_connections++;
+    timer_set(c, (uint64_t)l->cfg->limits.header_timeout_ms);
+    read_update(c);
+}
+
+static bool at_limit(struct loop *l)
+{
+    return l->n_clients >= l->cfg->limits.max_connections;
+}
+
+static void on_connection(uv_stream_t *s, int status)
+{
+    struct listener *ls = s->data;
+    if (status < 0) return;
+    if (at_limit(ls->loop) && !ls->admin) {
+        /* Leave it in the kernel's queue: libuv stops polling this listener until
+         * uv_accept is called, which accept_pending does when a slot frees. */
+        ls->pending = true;
+        return;
+    }
+    accept_one(ls);
+}
+
+static void accept_pending(struct loop *l)
+{
+    for (int i = 0; i < l->n_listeners && !at_limit(l) && !l->draining; i++) {
+        struct listener *ls = &l->listeners[i];
+        if (ls->pending) {
+            ls->pending = false;
+            accept_one(ls);
+        }
+    }
+}
+
+static int listen_one(struct loop *l, struct listener *ls, const struct listen_addr *a, bool admin,
+                      char *err, size_t errlen)
+{
+    ls->loop = l;
+    ls->admin = admin;
+    uv_tcp_init(&l->uv, &ls->tcp);
+    ls->tcp.data = ls;
+    unsigned flags = a->sa.ss_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0;
+    int e = uv_tcp_bind(&ls->tcp, (const struct sockaddr *)&a->sa, flags);
+    if (e == 0) e = uv_listen((uv_stream_t *)&ls->tcp, LISTEN_BACKLOG, on_connection);
+    if (e < 0) {
+        snprintf(err, errlen, "cannot listen on %s: %s", a->text, uv_strerror(e));
+        return -1;
+    }
+    return 0;
+}
+
+int server_listen(struct loop *l, char *err, size_t errlen)
+{
+    const struct config *cfg = l->cfg;
+    int n = cfg->n_listen + (cfg->has_admin ? 1 : 0);
+    l->listeners = calloc((size_t)n, sizeof *l->listeners);
+    if (!l->listeners) return -1;
+    for (int i = 0; i < cfg->n_listen; i++) {
+        l->n_listeners++;
+        if (listen_one(l, &l->listeners[i], &cfg->listen[i], false, err, errlen) < 0) return -1;
+        log_info("listening on %s", cfg->listen[i].text);
+    }
+    if (cfg->has_admin) {
+        l->n_listeners++;
+        if (listen_one(l, &l->listeners[n - 1], &cfg->admin_listen, true, err, errlen) < 0)
+            return -1;
+        log_info("admin listening on %s", cfg->admin_listen.text);
+    }
+    return 0;
+}
+
+void server_stop_listening(struct loop *l)
+{
+    for (int i = 0; i < l->n_listeners; i++)
+        if (!uv_is_closing((uv_handle_t *)&l->listeners[i].tcp))
+            uv_close((uv_handle_t *)&l->listeners[i].tcp, NULL);
+}
+
+void server_close_clients(struct loop *l, bool force)
+{
+    struct client *c = l->clients;
+    while (c) {
+        struct client *next = c->next;
+        bool idle = c->state == C_HEAD && !c->ex && c->in.len == c->in.off;
+        if (force || idle) client_close(c);
+        c = next;
+    }
+}

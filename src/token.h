@@ -1,0 +1,66 @@
+/* token.h - the one narrow interface between the data path and the token engine.
+ *
+ * A request asks for its route's provider token with token_get(). The answer is either
+ * immediate (a cached token, or an error such as a disabled provider or a provider in backoff)
+ * or delivered later through the token_wait the request embeds (no allocation). A successful
+ * result carries a reference on a struct token: its header line stays valid until the request
+ * gives the reference back with token_put(). */
+#ifndef AUTHPROXY_TOKEN_H
+#define AUTHPROXY_TOKEN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct loop;
+struct config;
+
+struct token {
+    int refs;
+    int provider;
+    uint64_t minted_ms, expires_ms, last_use_ms; /* loop time (uv_now) */
+    char *header;                                /* "Authorization: Bearer <token>\r\n" */
+    size_t header_len;
+};
+
+struct token_result {
+    int status;          /* 0 on success, else the HTTP status for the client */
+    const char *error;   /* SPEC error code */
+    char detail[256];    /* one sentence; never a secret */
+    struct token *token; /* on success: a reference the caller must token_put() */
+    int retry_after_s;   /* > 0: send Retry-After */
+};
+
+struct token_wait {
+    void (*cb)(struct token_wait *w, const struct token_result *r);
+    struct token_wait *next;
+};
+
+/* Creates the per-loop cache for l->cfg's providers. */
+int token_cache_init(struct loop *l);
+/* Cancels every transfer and closes the cache's handles (waiters must be gone); free it with
+ * token_cache_free(l->tokens_closing) once the loop has run the close callbacks. */
+void token_cache_close(struct loop *l);
+struct token_cache;
+void token_cache_free(struct token_cache *tc);
+
+/* Returns 1 with *r filled when the answer is known now, 0 when w->cb will be called later. */
+int token_get(struct loop *l, const struct config *cfg, int provider, struct token_wait *w,
+              struct token_result *r);
+/* Withdraws a pending wait (the request went away). */
+void token_cancel(struct loop *l, struct token_wait *w);
+void token_put(struct token *t);
+/* The upstream answered 401 to t: forget it if it is still the cached token. */
+void token_invalidate(struct loop *l, struct token *t);
+/* Forces a mint. Returns 0 when started, -1 with *r filled otherwise. */
+int token_refresh(struct loop *l, const struct config *cfg, int provider, struct token_result *r);
+/* Revokes live tokens of providers with revoke_on_exit; done() when all answered (or at once
+ * when there is nothing to revoke). Bounded by limits.drain_ms. */
+void token_revoke_all(struct loop *l, void (*done)(struct loop *l));
+/* /readyz: every provider has a token or none has failed. */
+bool token_ready(struct loop *l, const struct config *cfg);
+/* /tokens and /metrics: write into out (cap bytes), return the length. Never a token. */
+size_t token_status_json(struct loop *l, const struct config *cfg, char *out, size_t cap);
+size_t token_metrics(struct loop *l, const struct config *cfg, char *out, size_t cap);
+
+#endif

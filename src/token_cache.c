@@ -1,0 +1,678 @@
+/* token_cache.c - one token slot per provider: a state machine with single flight, proactive
+ * refresh, sliding idle expiry, backoff with jitter, and revocation on exit.
+ *
+ *   EMPTY --request--> MINTING --ok--> VALID --refresh point--> REFRESHING --ok--> VALID
+ *                         |  fail                                   | fail: keep serving the
+ *                         v                                         v  old token, retry later
+ *                      BACKOFF --request after backoff--> MINTING
+ *   A 401 on the cached token, its expiry or idle expiry sends VALID back to EMPTY.
+ *
+ * slot_state() is the one place a slot changes state. Memory: the cache and its slots belong to
+ * the loop; struct token is reference-counted (the slot holds one reference for the cached
+ * token, each request one for the token it sent) and wiped when the last one goes. */
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "config.h"
+#include "fetcher.h"
+#include "log.h"
+#include "loop.h"
+#include "provider.h"
+#include "token.h"
+
+#define BACKOFF_BASE_MS 1000
+#define BACKOFF_CAP_MS 60000
+#define EXPIRY_MARGIN_MS 1000 /* a token this close to expiry is not sent any more */
+
+enum slot_state { TS_EMPTY, TS_MINTING, TS_VALID, TS_REFRESHING, TS_BACKOFF };
+static const char *const state_names[] = {"empty", "minting", "valid", "refreshing", "backoff"};
+
+struct token_slot {
+    struct token_cache *tc;
+    int idx;
+    const struct provider_config *p;
+    enum slot_state state;
+    struct token *cur;
+    char *refresh_token; /* current (rotating) refresh token */
+    struct token_wait *waiters;
+    int n_waiters;
+    struct fetch fe;
+    enum mint_step step;
+    bool in_flight, revoking;
+    uint64_t deadline_ms, refresh_at_ms, backoff_until_ms;
+    uv_timer_t timer;
+    int fails;
+    struct {
+        int status;
+        const char *error;
+        char detail[200];
+    } last;
+    uint64_t mints_ok, mints_failed, hits, uses_since_mint, revokes;
+};
+
+struct token_cache {
+    struct loop *l;
+    struct config *cfg;
+    struct fetcher fetcher;
+    struct token_slot *slots;
+    int n;
+    int revokes_pending;
+    void (*revoked)(struct loop *l);
+    uv_timer_t revoke_timer;
+};
+
+static void mint_start(struct token_slot *s);
+static void step_start(struct token_slot *s, enum mint_step step, const char *arg);
+
+static uint64_t now_ms(struct token_slot *s)
+{
+    return uv_now(&s->tc->l->uv);
+}
+
+static void slot_state(struct token_slot *s, enum slot_state st)
+{
+    if (s->state != st)
+        log_debug("provider %s: %s -> %s", s->p->name, state_names[s->state], state_names[st]);
+    s->state = st;
+}
+
+void token_put(struct token *t)
+{
+    if (!t || --t->refs > 0) return;
+    OPENSSL_cleanse(t->header, t->header_len);
+    free(t->header);
+    free(t);
+}
+
+static uint64_t margin(const struct token *t)
+{
+    uint64_t life = t->expires_ms - t->minted_ms;
+    return life / 4 < EXPIRY_MARGIN_MS ? life / 4 : EXPIRY_MARGIN_MS;
+}
+
+static bool live(const struct token_slot *s, const struct token *t, uint64_t now)
+{
+    if (!t) return false;
+    uint64_t m = margin(t);
+    if (now + m >= t->expires_ms) return false;
+    if (s->p->idle_timeout_s > 0 &&
+        now + m >= t->last_use_ms + (uint64_t)s->p->idle_timeout_s * 1000)
+        return false;
+    return true;
+}
+
+static void drop_current(struct token_slot *s)
+{
+    token_put(s->cur);
+    s->cur = NULL;
+}
+
+/* ---- answering waiters ---- */
+
+static void fill_error(struct token_slot *s, struct token_result *r, uint64_t now)
+{
+    r->status = s->last.status;
+    r->error = s->last.error;
+    snprintf(r->detail, sizeof r->detail, "%s", s->last.detail);
+    r->token = NULL;
+    r->retry_after_s = 0;
+    if (s->backoff_until_ms > now)
+        r->retry_after_s = (int)((s->backoff_until_ms - now + 999) / 1000);
+}
+
+static void fill_token(struct token_slot *s, struct token_result *r, uint64_t now)
+{
+    memset(r, 0, sizeof *r);
+    r->token = s->cur;
+    s->cur->refs++;
+    s->cur->last_use_ms = now; /* sliding idle expiry */
+    s->uses_since_mint++;
+}
+
+static void answer_waiters(struct token_slot *s, bool ok)
+{
+    struct token_wait *w = s->waiters;
+    s->waiters = NULL;
+    s->n_waiters = 0;
+    uint64_t now = now_ms(s);
+    while (w) {
+        struct token_wait *next = w->next;
+        w->next = NULL;
+        struct token_result r;
+        if (ok && s->cur)
+            fill_token(s, &r, now);
+        else
+            fill_error(s, &r, now);
+        w->cb(w, &r);
+        w = next;
+    }
+}
+
+/* ---- timers ---- */
+
+static void on_slot_timer(uv_timer_t *t)
+{
+    struct token_slot *s = t->data;
+    uint64_t now = now_ms(s);
+    if (s->in_flight) return;
+    if (s->state == TS_VALID && live(s, s->cur, now) && s->uses_since_mint > 0) {
+        /* refresh in the background while the current token keeps serving */
+        slot_state(s, TS_REFRESHING);
+        mint_start(s);
+    }
+}
+
+static void arm_refresh(struct token_slot *s)
+{
+    struct token *t = s->cur;
+    uint64_t life = t->expires_ms - t->minted_ms;
+    uint64_t before = (uint64_t)s->p->refresh_before_s * 1000;
+    if (before > life / 2) before = life / 2;
+    s->refresh_at_ms = t->expires_ms - before;
+    uint64_t now = now_ms(s);
+    uv_timer_start(&s->timer, on_slot_timer, s->refresh_at_ms > now ? s->refresh_at_ms - now : 0,
+                   0);
+}
+
+/* ---- minting ---- */
+
+static void mint_succeeded(struct token_slot *s, struct mint_result *mr)
+{
+    const struct provider_config *p = s->p;
+    uint64_t now = now_ms(s);
+    int64_t life = mr->lifetime_ms > 0 ? mr->lifetime_ms : p->default_ttl_s * 1000;
+    if (p->max_lifetime_s > 0 && life > p->max_lifetime_s * 1000) life = p->max_lifetime_s * 1000;
+    struct token *t = calloc(1, sizeof *t);
+    size_t vl = strlen(mr->access_token);
+    if (t) t->header = malloc(vl + 32);
+    if (!t || !t->header) {
+        free(t);
+        s->last.status = 503;
+        s->last.error = "token_unavailable";
+        snprintf(s->last.detail, sizeof s->last.detail, "provider %s: out of memory", p->name);
+        slot_state(s, s->cur ? TS_VALID : TS_BACKOFF);
+        answer_waiters(s, false);
+        return;
+    }
+    t->refs = 1;
+    t->provider = s->idx;
+    t->minted_ms = t->last_use_ms = now;
+    t->expires_ms = now + (uint64_t)life;
+    t->header_len = (size_t)sprintf(t->header, "Authorization: Bearer %s\r\n", mr->access_token);
+    if (mr->refresh_token) {
+        if (s->refresh_token) {
+            OPENSSL_cleanse(s->refresh_token, strlen(s->refresh_token));
+            free(s->refresh_token);
+        }
+        s->refresh_token = mr->refresh_token; /* rotation: the new one replaces the old */
+        mr->refresh_token = NULL;
+    }
+    char fp[13];
+    log_fingerprint(mr->access_token, vl, fp);
+    log_info("provider %s: token %s minted, expires in %lld ms", p->name, fp, (long long)life);
+    drop_current(s);
+    s->cur = t;
+    s->fails = 0;
+    s->backoff_until_ms = 0;
+    s->mints_ok++;
+    s->uses_since_mint = 0;
+    slot_state(s, TS_VALID);
+    arm_refresh(s);
+    answer_waiters(s, true);
+}
+
+static void mint_failed(struct token_slot *s, int status, const char *code, const char *detail,
+                        int retry_after_s)
+{
+    uint64_t now = now_ms(s);
+    s->mints_failed++;
+    s->fails++;
+    uint64_t delay = BACKOFF_BASE_MS;
+    for (int i = 1; i < s->fails && delay < BACKOFF_CAP_MS; i++)
+        delay *= 2;
+    if (delay > BACKOFF_CAP_MS) delay = BACKOFF_CAP_MS;
+    delay = delay / 2 + (uint64_t)rand() % (delay / 2 + 1); /* jitter: [d/2, d] */
+    if (retry_after_s > 0 && (uint64_t)retry_after_s * 1000 > delay)
+        delay = (uint64_t)retry_after_s * 1000;
+    s->backoff_until_ms = now + delay;
+    s->last.status = status;
+    s->last.error = code;
+    snprintf(s->last.detail, sizeof s->last.detail, "%s", detail);
+    log_warn("provider %s: token request failed: %s (next attempt in %llu ms)", s->p->name, detail,
+             (unsigned long long)delay);
+    if (live(s, s->cur, now)) {
+        /* a failed background refresh: keep serving, try again after the backoff */
+        slot_state(s, TS_VALID);
+        if (s->backoff_until_ms < s->cur->expires_ms)
+            uv_timer_start(&s->timer, on_slot_timer, delay, 0);
+    } else {
+        drop_current(s);
+        slot_state(s, TS_BACKOFF);
+    }
+    answer_waiters(s, false);
+}
+
+static void on_fetch_done(struct fetch *fe)
+{
+    struct token_slot *s = container_of(fe, struct token_slot, fe);
+    const struct provider_config *p = s->p;
+    char d[200];
+    s->in_flight = false;
+    if (s->revoking) {
+        s->revoking = false;
+        if (fe->result == CURLE_OK && fe->status >= 200 && fe->status < 300)
+            log_info("provider %s: token revoked", p->name);
+        else
+            log_warn("provider %s: revocation failed (%s, HTTP %ld)", p->name,
+                     curl_easy_strerror(fe->result), fe->status);
+        fetch_reset(fe);
+        struct token_cache *tc = s->tc;
+        if (--tc->revokes_pending == 0 && tc->revoked) {
+            uv_timer_stop(&tc->revoke_timer);
+            void (*cb)(struct loop *) = tc->revoked;
+            tc->revoked = NULL;
+            cb(tc->l);
+        }
+        return;
+    }
+    if (fe->result != CURLE_OK) {
+        int retry = fe->retry_after_s;
+        if (fe->too_big) {
+            snprintf(d, sizeof d, "provider %s: the token endpoint's answer is larger than 1 MiB",
+                     p->name);
+            fetch_reset(fe);
+            return mint_failed(s, 503, "token_unavailable", d, retry);
+        }
+        if (fe->result == CURLE_OPERATION_TIMEDOUT) {
+            snprintf(d, sizeof d, "provider %s: no token within %lld ms", p->name,
+                     (long long)s->tc->cfg->limits.token_timeout_ms);
+            fetch_reset(fe);
+            return mint_failed(s, 504, "token_timeout", d, retry);
+        }
+        snprintf(d, sizeof d, "provider %s: cannot reach the token endpoint: %s", p->name,
+                 curl_easy_strerror(fe->result));
+        fetch_reset(fe);
+        return mint_failed(s, 503, "token_unavailable", d, retry);
+    }
+    struct mint_result mr;
+    provider_parse(p, s->step, fe->status, fe->body, fe->len, (int64_t)time(NULL), &mr);
+    int retry = fe->retry_after_s;
+    fetch_reset(fe);
+    enum mint_step step = s->step;
+    if (mr.kind == MINT_OK) {
+        if (step == STEP_CODE) {
+            step_start(s, STEP_EXCHANGE, mr.code);
+            mint_result_free(&mr);
+            return;
+        }
+        mint_succeeded(s, &mr);
+        mint_result_free(&mr);
+        return;
+    }
+    if (step == STEP_REFRESH && mr.kind == MINT_REJECTED && p->grant_type == GRANT_PASSWORD_CODE) {
+        /* the refresh token was refused: start over with a new code */
+        log_info("provider %s: refresh refused (%s), requesting a new code", p->name, mr.error);
+        OPENSSL_cleanse(s->refresh_token, strlen(s->refresh_token));
+        free(s->refresh_token);
+        s->refresh_token = NULL;
+        step_start(s, STEP_CODE, NULL);
+        return;
+    }
+    if (mr.kind == MINT_REJECTED)
+        mint_failed(s, 502, "token_rejected", mr.detail, retry);
+    else
+        mint_failed(s, 503, "token_unavailable", mr.detail, retry);
+}
+
+static void step_start(struct token_slot *s, enum mint_step step, const char *arg)
+{
+    char d[200];
+    uint64_t now = now_ms(s);
+    s->step = step;
+    if (now >= s->deadline_ms) {
+        snprintf(d, sizeof d, "provider %s: no token within %lld ms", s->p->name,
+                 (long long)s->tc->cfg->limits.token_timeout_ms);
+        return mint_failed(s, 504, "token_timeout", d, 0);
+    }
+    if (provider_build(s->p, step, arg, &s->fe.call) < 0) {
+        snprintf(d, sizeof d, "provider %s: cannot build the token request", s->p->name);
+        return mint_failed(s, 503, "token_unavailable", d, 0);
+    }
+    s->fe.done = on_fetch_done;
+    if (fetcher_start(&s->tc->fetcher, &s->fe, (long)(s->deadline_ms - now)) < 0) {
+        fetch_reset(&s->fe);
+        snprintf(d, sizeof d, "provider %s: cannot start the token request", s->p->name);
+        return mint_failed(s, 503, "token_unavailable", d, 0);
+    }
+    s->in_flight = true;
+}
+
+static void mint_start(struct token_slot *s)
+{
+    const struct provider_config *p = s->p;
+    s->deadline_ms = now_ms(s) + (uint64_t)s->tc->cfg->limits.token_timeout_ms;
+    uv_timer_stop(&s->timer);
+    if (s->refresh_token)
+        step_start(s, STEP_REFRESH, s->refresh_token);
+    else if (p->grant_type == GRANT_PASSWORD_CODE)
+        step_start(s, STEP_CODE, NULL);
+    else if (p->grant_type == GRANT_CLIENT_CREDENTIALS)
+        step_start(s, STEP_GRANT, NULL);
+    else {
+        char d[200];
+        snprintf(d, sizeof d, "provider %s: no refresh token left to start from", p->name);
+        mint_failed(s, 502, "token_rejected", d, 0);
+    }
+}
+
+/* ---- the interface ---- */
+
+static struct token_slot *slot_of(struct loop *l, int provider)
+{
+    struct token_cache *tc = l->tokens;
+    if (!tc || provider < 0 || provider >= tc->n) return NULL;
+    return &tc->slots[provider];
+}
+
+int token_get(struct loop *l, const struct config *cfg, int provider, struct token_wait *w,
+              struct token_result *r)
+{
+    const struct provider_config *p = &cfg->providers[provider];
+    memset(r, 0, sizeof *r);
+    if (p->disabled) {
+        r->status = 502;
+        r->error = "provider_disabled";
+        snprintf(r->detail, sizeof r->detail, "provider %s is disabled: %s", p->name,
+                 p->disabled_reason ? p->disabled_reason : "a setting is missing");
+        return 1;
+    }
+    struct token_slot *s = slot_of(l, provider);
+    if (!s || strcmp(s->p->name, p->name) != 0) {
+        r->status = 503;
+        r->error = "token_unavailable";
+        snprintf(r->detail, sizeof r->detail, "provider %s has no token cache", p->name);
+        return 1;
+    }
+    uint64_t now = now_ms(s);
+    if (s->cur && !live(s, s->cur, now)) {
+        drop_current(s);
+        if (s->state == TS_VALID) slot_state(s, TS_EMPTY);
+        if (s->state == TS_REFRESHING) slot_state(s, TS_MINTING);
+    }
+    if (s->cur) {
+        s->hits++;
+        fill_token(s, r, now);
+        return 1;
+    }
+    if (s->state == TS_BACKOFF && now < s->backoff_until_ms) {
+        fill_error(s, r, now);
+        return 1;
+    }
+    if (s->n_waiters >= cfg->limits.max_connections) {
+        r->status = 503;
+        r->error = "token_unavailable";
+        snprintf(r->detail, sizeof r->detail, "provider %s: too many requests waiting", p->name);
+        return 1;
+    }
+    w->next = s->waiters;
+    s->waiters = w;
+    s->n_waiters++;
+    if (!s->in_flight) {
+        slot_state(s, TS_MINTING);
+        mint_start(s);
+    }
+    return 0;
+}
+
+void token_cancel(struct loop *l, struct token_wait *w)
+{
+    struct token_cache *tc = l->tokens;
+    if (!tc) return;
+    for (int i = 0; i < tc->n; i++) {
+        struct token_slot *s = &tc->slots[i];
+        for (struct token_wait **pp = &s->waiters; *pp; pp = &(*pp)->next) {
+            if (*pp == w) {
+                *pp = w->next;
+                s->n_waiters--;
+                w->next = NULL;
+                return;
+            }
+        }
+    }
+}
+
+void token_invalidate(struct loop *l, struct token *t)
+{
+    struct token_slot *s = slot_of(l, t->provider);
+    if (!s || s->cur != t) return; /* already replaced: nothing to do */
+    log_info("provider %s: upstream refused the cached token, minting a new one", s->p->name);
+    drop_current(s);
+    uv_timer_stop(&s->timer);
+    slot_state(s, s->in_flight ? TS_MINTING : TS_EMPTY);
+}
+
+int token_refresh(struct loop *l, const struct config *cfg, int provider, struct token_result *r)
+{
+    struct token_slot *s = slot_of(l, provider);
+    const struct provider_config *p = &cfg->providers[provider];
+    memset(r, 0, sizeof *r);
+    if (p->disabled || !s) {
+        struct token_wait dummy = {0};
+        token_get(l, cfg, provider, &dummy, r);
+        return -1;
+    }
+    if (s->in_flight) return 0;
+    slot_state(s, s->cur ? TS_REFRESHING : TS_MINTING);
+    s->backoff_until_ms = 0;
+    mint_start(s);
+    return 0;
+}
+
+static void on_revoke_timeout(uv_timer_t *t)
+{
+    struct token_cache *tc = t->data;
+    for (int i = 0; i < tc->n; i++)
+        if (tc->slots[i].revoking) {
+            fetcher_cancel(&tc->slots[i].fe);
+            fetch_reset(&tc->slots[i].fe);
+            tc->slots[i].revoking = false;
+            tc->slots[i].in_flight = false;
+            log_warn("provider %s: revocation did not finish in time", tc->slots[i].p->name);
+        }
+    tc->revokes_pending = 0;
+    if (tc->revoked) {
+        void (*cb)(struct loop *) = tc->revoked;
+        tc->revoked = NULL;
+        cb(tc->l);
+    }
+}
+
+void token_revoke_all(struct loop *l, void (*done)(struct loop *l))
+{
+    struct token_cache *tc = l->tokens;
+    if (!tc) return done(l);
+    tc->revoked = done;
+    tc->revokes_pending = 0;
+    for (int i = 0; i < tc->n; i++) {
+        struct token_slot *s = &tc->slots[i];
+        if (s->in_flight) { /* a mint in progress is abandoned */
+            fetcher_cancel(&s->fe);
+            fetch_reset(&s->fe);
+            s->in_flight = false;
+        }
+        if (!s->cur || !s->p->revoke_on_exit || !s->p->revoke_url) continue;
+        const char *hv = s->cur->header + 22; /* after "Authorization: Bearer " */
+        size_t vl = s->cur->header_len - 24;
+        char *v = malloc(vl + 1);
+        if (!v) continue;
+        memcpy(v, hv, vl);
+        v[vl] = 0;
+        int rc = provider_build(s->p, STEP_REVOKE, v, &s->fe.call);
+        OPENSSL_cleanse(v, vl);
+        free(v);
+        if (rc < 0) continue;
+        s->fe.done = on_fetch_done;
+        if (fetcher_start(&tc->fetcher, &s->fe, (long)tc->cfg->limits.drain_ms) < 0) {
+            fetch_reset(&s->fe);
+            continue;
+        }
+        s->revoking = s->in_flight = true;
+        s->revokes++;
+        tc->revokes_pending++;
+    }
+    if (tc->revokes_pending == 0) {
+        tc->revoked = NULL;
+        return done(l);
+    }
+    uv_timer_start(&tc->revoke_timer, on_revoke_timeout, (uint64_t)tc->cfg->limits.drain_ms + 100,
+                   0);
+}
+
+bool token_ready(struct loop *l, const struct config *cfg)
+{
+    struct token_cache *tc = l->tokens;
+    if (!tc) return true;
+    bool all_have = true, any_failed = false;
+    for (int i = 0; i < tc->n && i < cfg->n_providers; i++) {
+        struct token_slot *s = &tc->slots[i];
+        if (s->p->disabled) continue;
+        if (!s->cur) all_have = false;
+        if (s->state == TS_BACKOFF) any_failed = true;
+    }
+    return all_have || !any_failed;
+}
+
+static int64_t wall_ms(struct loop *l, uint64_t loop_ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t wall = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return wall + ((int64_t)loop_ms - (int64_t)uv_now(&l->uv));
+}
+
+size_t token_status_json(struct loop *l, const struct config *cfg, char *out, size_t cap)
+{
+    struct token_cache *tc = l->tokens;
+    size_t n = (size_t)snprintf(out, cap, "{");
+    for (int i = 0; i < cfg->n_providers && n < cap; i++) {
+        const struct provider_config *p = &cfg->providers[i];
+        struct token_slot *s = tc && i < tc->n ? &tc->slots[i] : NULL;
+        const char *st = p->disabled ? "disabled" : s ? state_names[s->state] : "empty";
+        n += (size_t)snprintf(out + n, cap - n, "%s\"%s\": {\"state\": \"%s\"", i ? ", " : "",
+                              p->name, st);
+        if (s && s->cur && n < cap) {
+            uint64_t now = uv_now(&l->uv);
+            n += (size_t)snprintf(
+                out + n, cap - n, ", \"expires_at\": %.3f, \"age_s\": %.3f, \"uses\": %llu",
+                (double)wall_ms(l, s->cur->expires_ms) / 1000.0,
+                (double)(now - s->cur->minted_ms) / 1000.0, (unsigned long long)s->uses_since_mint);
+        } else if (n < cap) {
+            n += (size_t)snprintf(out + n, cap - n,
+                                  ", \"expires_at\": null, \"age_s\": null, \"uses\": 0");
+        }
+        if (s && n < cap)
+            n += (size_t)snprintf(
+                out + n, cap - n, ", \"mints\": %llu, \"failures\": %llu, \"last_error\": ",
+                (unsigned long long)s->mints_ok, (unsigned long long)s->mints_failed);
+        if (s && s->last.error && n < cap) {
+            /* the detail holds no secret; escape quotes and backslashes */
+            n += (size_t)snprintf(out + n, cap - n, "{\"error\": \"%s\", \"detail\": \"",
+                                  s->last.error);
+            for (const char *c = s->last.detail; *c && n + 2 < cap; c++) {
+                if (*c == '"' || *c == '\\') out[n++] = '\\';
+                out[n++] = (unsigned char)*c < 0x20 ? ' ' : *c;
+            }
+            if (n < cap) n += (size_t)snprintf(out + n, cap - n, "\"}");
+        } else if (s && n < cap) {
+            n += (size_t)snprintf(out + n, cap - n, "null");
+        }
+        if (n < cap) n += (size_t)snprintf(out + n, cap - n, "}");
+    }
+    if (n < cap) n += (size_t)snprintf(out + n, cap - n, "}\n");
+    return n < cap ? n : cap;
+}
+
+size_t token_metrics(struct loop *l, const struct config *cfg, char *out, size_t cap)
+{
+    struct token_cache *tc = l->tokens;
+    size_t n = 0;
+    if (!tc) return 0;
+    n += (size_t)snprintf(out + n, cap - n,
+                          "# TYPE authproxy_token_mints_total counter\n"
+                          "# TYPE authproxy_token_cache_hits_total counter\n");
+    for (int i = 0; i < tc->n && i < cfg->n_providers && n < cap; i++) {
+        struct token_slot *s = &tc->slots[i];
+        n += (size_t)snprintf(out + n, cap - n,
+                              "authproxy_token_mints_total{provider=\"%s\",outcome=\"ok\"} %llu\n"
+                              "authproxy_token_mints_total{provider=\"%s\",outcome=\"error\"} "
+                              "%llu\n"
+                              "authproxy_token_cache_hits_total{provider=\"%s\"} %llu\n",
+                              s->p->name, (unsigned long long)s->mints_ok, s->p->name,
+                              (unsigned long long)s->mints_failed, s->p->name,
+                              (unsigned long long)s->hits);
+    }
+    return n < cap ? n : cap;
+}
+
+int token_cache_init(struct loop *l)
+{
+    struct token_cache *tc = calloc(1, sizeof *tc);
+    if (!tc) return -1;
+    tc->l = l;
+    tc->cfg = config_ref(l->cfg);
+    tc->n = tc->cfg->n_providers;
+    tc->slots = calloc((size_t)(tc->n ? tc->n : 1), sizeof *tc->slots);
+    if (!tc->slots || fetcher_init(&tc->fetcher, &l->uv, tc->cfg->ca_file) < 0) {
+        free(tc->slots);
+        config_unref(tc->cfg);
+        free(tc);
+        return -1;
+    }
+    uv_timer_init(&l->uv, &tc->revoke_timer);
+    tc->revoke_timer.data = tc;
+    for (int i = 0; i < tc->n; i++) {
+        struct token_slot *s = &tc->slots[i];
+        s->tc = tc;
+        s->idx = i;
+        s->p = &tc->cfg->providers[i];
+        uv_timer_init(&l->uv, &s->timer);
+        s->timer.data = s;
+        if (s->p->refresh_token && !s->p->disabled) s->refresh_token = strdup(s->p->refresh_token);
+    }
+    l->tokens = tc;
+    return 0;
+}
+
+void token_cache_close(struct loop *l)
+{
+    struct token_cache *tc = l->tokens;
+    if (!tc) return;
+    for (int i = 0; i < tc->n; i++) {
+        struct token_slot *s = &tc->slots[i];
+        if (s->in_flight) fetcher_cancel(&s->fe);
+        fetch_reset(&s->fe);
+        drop_current(s);
+        if (s->refresh_token) {
+            OPENSSL_cleanse(s->refresh_token, strlen(s->refresh_token));
+            free(s->refresh_token);
+        }
+        uv_close((uv_handle_t *)&s->timer, NULL);
+    }
+    uv_close((uv_handle_t *)&tc->revoke_timer, NULL);
+    fetcher_close(&tc->fetcher);
+    /* slots' timers close on the next loop turn: free after it */
+    l->tokens = NULL;
+    tc->l = NULL;
+    l->tokens_closing = tc;
+}
+
+void token_cache_free(struct token_cache *tc)
+{
+    if (!tc) return;
+    config_unref(tc->cfg);
+    free(tc->slots);
+    free(tc);
+}

@@ -1,0 +1,648 @@
+/* upstream.c - the upstream connection pool and transport (plain TCP or TLS via memory BIOs).
+ *
+ * Memory: struct upstream_host entries belong to the loop (freed by upstream_pool_close_all);
+ * each struct upconn is malloc'd here and freed in the close callback of its last handle. While
+ * idle a connection holds no input buffer. After ops->ready(err) or ops->closed() the connection
+ * is closed here: the owner must drop its pointer and not call it again. No header is written
+ * to a TLS connection before its handshake (chain + host name) is verified: the owner only gets
+ * the connection from ops->ready(0) or from the idle pool. */
+#include "upstream.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "loop.h"
+
+#define UPSTREAM_IDLE_MS 30000 /* an idle pooled connection is closed after this */
+#define UPSTREAM_IDLE_MAX 256  /* idle connections kept per host */
+#define UPSTREAM_DNS_TTL_MS 30000
+#define UPSTREAM_HOSTS_MAX 1024 /* pool keys kept; least recently added idle-less ones go */
+
+enum { UC_RESOLVING, UC_CONNECTING, UC_HANDSHAKE, UC_ACTIVE, UC_IDLE, UC_CLOSING };
+
+struct tls_write {
+    uv_write_t req;
+    struct upconn *c;
+    size_t len;
+    char data[];
+};
+
+struct conn_req {
+    uv_getaddrinfo_t gai;
+    uv_connect_t connect;
+    uv_write_t write; /* the one plain write that may be pending */
+    struct upconn *c;
+};
+
+static void conn_fail(struct upconn *c, int err);
+static void tls_handshake(struct upconn *c);
+
+static uint64_t now_ms(struct loop *l)
+{
+    return uv_now(&l->uv);
+}
+
+/* ---- hosts ---- */
+
+static struct upstream_host *host_get(struct loop *l, bool tls, const char *name, int port)
+{
+    struct upstream_host **pp = &l->hosts;
+    for (struct upstream_host *h = l->hosts; h; pp = &h->next, h = h->next) {
+        if (h->tls == tls && h->port == port && strcmp(h->host, name) == 0) {
+            *pp = h->next; /* move to front */
+            h->next = l->hosts;
+            l->hosts = h;
+            return h;
+        }
+    }
+    struct upstream_host *h = calloc(1, sizeof *h);
+    if (!h) return NULL;
+    h->host = strdup(name);
+    if (!h->host) {
+        free(h);
+        return NULL;
+    }
+    h->tls = tls;
+    h->port = port;
+    h->next = l->hosts;
+    l->hosts = h;
+    l->n_hosts++;
+    return h;
+}
+
+static void host_free(struct upstream_host *h)
+{
+    if (h->session) SSL_SESSION_free(h->session);
+    free(h->host);
+    free(h);
+}
+
+/* ---- closing ---- */
+
+static void on_handle_closed(uv_handle_t *hd)
+{
+    struct upconn *c = hd->data;
+    if (--c->handles_open > 0) return;
+    inbuf_free(&c->in, &c->loop->pool);
+    if (c->ssl) SSL_free(c->ssl); /* frees both BIOs */
+    free(c);
+}
+
+static void idle_unlink(struct upconn *c)
+{
+    struct upstream_host *h = c->host;
+    for (struct upconn **pp = &h->idle; *pp; pp = &(*pp)->idle_next) {
+        if (*pp == c) {
+            *pp = c->idle_next;
+            h->n_idle--;
+            break;
+        }
+    }
+    c->idle_next = NULL;
+}
+
+void upconn_close(struct upconn *c)
+{
+    if (c->state == UC_CLOSING) return;
+    if (c->state == UC_IDLE) idle_unlink(c);
+    c->state = UC_CLOSING;
+    c->ops = NULL;
+    uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+}
+
+/* Tells the owner and closes. */
+static void conn_fail(struct upconn *c, int err)
+{
+    if (c->state == UC_CLOSING) return;
+    const struct upconn_ops *ops = c->ops;
+    void *arg = c->arg;
+    bool connecting = c->state < UC_ACTIVE;
+    upconn_close(c);
+    if (!ops) return;
+    if (connecting)
+        ops->ready(arg, c, err);
+    else
+        ops->closed(arg, c, err);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    struct upconn *c = t->data;
+    if (c->state == UC_IDLE) {
+        upconn_close(c);
+        return;
+    }
+    if (c->state < UC_ACTIVE)
+        log_warn("upstream %s:%d: connect timed out", c->host->host, c->host->port);
+    conn_fail(c, UP_TIMEOUT);
+}
+
+void upconn_timeout(struct upconn *c, uint64_t ms)
+{
+    c->timeout_ms = ms;
+    if (ms)
+        uv_timer_start(&c->timer, on_timer, ms, 0);
+    else
+        uv_timer_stop(&c->timer);
+}
+
+/* ---- reading ---- */
+
+static void on_alloc(uv_handle_t *hd, size_t suggested, uv_buf_t *buf)
+{
+    (void)suggested;
+    struct upconn *c = hd->data;
+    if (c->ssl) {
+        buf->base = c->loop->scratch;
+        buf->len = BUF_BLOCK;
+        return;
+    }
+    if (inbuf_ensure(&c->in, &c->loop->pool) < 0) {
+        buf->base = NULL;
+        buf->len = 0;
+        return;
+    }
+    buf->base = c->in.base + c->in.len;
+    buf->len = c->in.cap - c->in.len;
+}
+
+/* Decrypts what the read BIO holds into c->in while there is room. Returns -1 on a TLS error,
+ * 1 on close_notify, 0 otherwise. */
+static int tls_pump(struct upconn *c)
+{
+    if (inbuf_ensure(&c->in, &c->loop->pool) < 0) return -1;
+    while (c->in.len < c->in.cap) {
+        int n = SSL_read(c->ssl, c->in.base + c->in.len, (int)(c->in.cap - c->in.len));
+        if (n > 0) {
+            c->in.len += (uint32_t)n;
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, n);
+        if (e == SSL_ERROR_WANT_READ) return 0;
+        if (e == SSL_ERROR_ZERO_RETURN) return 1;
+        return -1;
+    }
+    return 0;
+}
+
+static bool tls_has_pending(struct upconn *c)
+{
+    return c->ssl && (BIO_ctrl_pending(c->rbio) > 0 || SSL_pending(c->ssl) > 0);
+}
+
+static int tls_flush(struct upconn *c);
+
+static void deliver(struct upconn *c)
+{
+    if (c->ssl) {
+        int r = tls_pump(c);
+        tls_flush(c); /* SSL_read may have produced output (key update, alerts) */
+        if (r < 0) {
+            conn_fail(c, UP_UNAVAILABLE);
+            return;
+        }
+        if (r == 1) c->eof = true;
+    }
+    if (c->in.len > c->in.off && c->ops) c->ops->data(c->arg, c);
+    if (c->state == UC_ACTIVE && c->eof && c->ops && (!c->ssl || !tls_has_pending(c)))
+        conn_fail(c, 0);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct upconn *c = s->data;
+    (void)buf;
+    if (c->state == UC_CLOSING) return;
+    if (c->state == UC_IDLE) { /* the server closed (or spoke) while idle */
+        upconn_close(c);
+        return;
+    }
+    if (nread == 0) return;
+    if (nread < 0) {
+        if (nread == UV_EOF && c->state == UC_ACTIVE) {
+            c->eof = true;
+            uv_read_stop(s);
+            c->reading = false;
+            if (c->ops) conn_fail(c, 0);
+            return;
+        }
+        conn_fail(c, UP_UNAVAILABLE);
+        return;
+    }
+    if (c->timeout_ms && c->state == UC_ACTIVE) uv_timer_again(&c->timer);
+    if (c->ssl) {
+        if (BIO_write(c->rbio, buf->base, (int)nread) != nread) {
+            conn_fail(c, UP_UNAVAILABLE);
+            return;
+        }
+        if (c->state == UC_HANDSHAKE) {
+            tls_handshake(c);
+            return;
+        }
+    } else {
+        c->in.len += (uint32_t)nread;
+    }
+    deliver(c);
+}
+
+void upconn_read(struct upconn *c, bool on)
+{
+    if (c->state == UC_CLOSING) return;
+    c->want_read = on;
+    if (on && !c->reading) {
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+        c->reading = true;
+    } else if (!on && c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    }
+    if (on && tls_has_pending(c)) deliver(c);
+}
+
+/* ---- writing ---- */
+
+static void on_tls_written(uv_write_t *req, int status)
+{
+    struct tls_write *w = container_of(req, struct tls_write, req);
+    struct upconn *c = w->c;
+    free(w);
+    c->writes_pending--;
+    if (c->state == UC_CLOSING) return;
+    if (status < 0) {
+        conn_fail(c, UP_UNAVAILABLE);
+        return;
+    }
+    if (c->writes_pending == 0 && c->state == UC_ACTIVE && c->ops) c->ops->drained(c->arg, c);
+}
+
+/* Sends what the write BIO holds. Returns 0 when all went out now, 1 when a write is pending,
+ * -1 on error. */
+static int tls_flush(struct upconn *c)
+{
+    char *p;
+    long n = BIO_get_mem_data(c->wbio, &p);
+    if (n <= 0) return c->writes_pending ? 1 : 0;
+    long done = 0;
+    if (c->writes_pending == 0) {
+        uv_buf_t b = uv_buf_init(p, (unsigned)n);
+        int w = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        if (w > 0)
+            done = w;
+        else if (w < 0 && w != UV_EAGAIN)
+            return -1;
+    }
+    if (done < n) {
+        struct tls_write *w = malloc(sizeof *w + (size_t)(n - done));
+        if (!w) return -1;
+        w->c = c;
+        w->len = (size_t)(n - done);
+        memcpy(w->data, p + done, w->len);
+        uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
+        if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_tls_written) < 0) {
+            free(w);
+            return -1;
+        }
+        c->writes_pending++;
+    }
+    (void)BIO_reset(c->wbio);
+    return c->writes_pending ? 1 : 0;
+}
+
+static void on_plain_written(uv_write_t *req, int status)
+{
+    struct conn_req *r = container_of(req, struct conn_req, write);
+    struct upconn *c = r->c;
+    free(r);
+    c->writes_pending--;
+    if (c->state == UC_CLOSING) return;
+    if (status < 0) {
+        conn_fail(c, UP_UNAVAILABLE);
+        return;
+    }
+    if (c->writes_pending == 0 && c->ops) c->ops->drained(c->arg, c);
+}
+
+int upconn_write(struct upconn *c, const uv_buf_t *bufs, unsigned n)
+{
+    if (c->state != UC_ACTIVE) return -1;
+    if (c->ssl) {
+        for (unsigned i = 0; i < n; i++) {
+            if (bufs[i].len == 0) continue;
+            if (SSL_write(c->ssl, bufs[i].base, (int)bufs[i].len) != (int)bufs[i].len) return -1;
+        }
+        return tls_flush(c);
+    }
+    int w = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
+    if (w < 0 && w != UV_EAGAIN) return -1;
+    size_t done = w > 0 ? (size_t)w : 0;
+    uv_buf_t rest[64];
+    unsigned k = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (done >= bufs[i].len) {
+            done -= bufs[i].len;
+            continue;
+        }
+        if (k == sizeof rest / sizeof rest[0]) return -1;
+        rest[k++] = uv_buf_init(bufs[i].base + done, (unsigned)(bufs[i].len - done));
+        done = 0;
+    }
+    if (k == 0) return 0;
+    struct conn_req *r = malloc(sizeof *r);
+    if (!r) return -1;
+    r->c = c;
+    if (uv_write(&r->write, (uv_stream_t *)&c->tcp, rest, k, on_plain_written) < 0) {
+        free(r);
+        return -1;
+    }
+    c->writes_pending++;
+    return 1;
+}
+
+/* ---- connecting ---- */
+
+static void ready(struct upconn *c)
+{
+    c->state = UC_ACTIVE;
+    uv_timer_stop(&c->timer);
+    c->loop->stats.upstream_connects++;
+    if (c->ops) c->ops->ready(c->arg, c, UP_OK);
+}
+
+static void tls_handshake(struct upconn *c)
+{
+    int r = SSL_do_handshake(c->ssl);
+    if (tls_flush(c) < 0) {
+        conn_fail(c, UP_UNAVAILABLE);
+        return;
+    }
+    if (r == 1) {
+        ready(c);
+        if (c->state == UC_ACTIVE && tls_has_pending(c)) deliver(c);
+        return;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ) return;
+    long v = SSL_get_verify_result(c->ssl);
+    unsigned long ee = ERR_get_error();
+    char eb[160] = "";
+    if (ee) ERR_error_string_n(ee, eb, sizeof eb);
+    ERR_clear_error();
+    log_warn("upstream %s:%d: TLS handshake failed: %s", c->host->host, c->host->port,
+             v != X509_V_OK ? X509_verify_cert_error_string(v) : eb);
+    conn_fail(c, UP_UNAVAILABLE);
+}
+
+static bool is_ip(const char *h)
+{
+    unsigned char tmp[16];
+    return inet_pton(AF_INET, h, tmp) == 1 || inet_pton(AF_INET6, h, tmp) == 1;
+}
+
+static int tls_start(struct upconn *c)
+{
+    struct upstream_host *h = c->host;
+    c->ssl = SSL_new(c->loop->ssl_ctx);
+    if (!c->ssl) return -1;
+    c->rbio = BIO_new(BIO_s_mem());
+    c->wbio = BIO_new(BIO_s_mem());
+    if (!c->rbio || !c->wbio) {
+        BIO_free(c->rbio);
+        BIO_free(c->wbio);
+        return -1;
+    }
+    BIO_set_mem_eof_return(c->rbio, -1);
+    SSL_set_bio(c->ssl, c->rbio, c->wbio);
+    SSL_set_app_data(c->ssl, c);
+    SSL_set_connect_state(c->ssl);
+    if (is_ip(h->host)) {
+        if (!X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), h->host)) return -1;
+    } else {
+        if (!SSL_set_tlsext_host_name(c->ssl, h->host)) return -1;
+        if (!SSL_set1_host(c->ssl, h->host)) return -1;
+    }
+    if (h->session) SSL_set_session(c->ssl, h->session);
+    c->state = UC_HANDSHAKE;
+    tls_handshake(c);
+    return 0;
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    struct conn_req *r = container_of(req, struct conn_req, connect);
+    struct upconn *c = r->c;
+    free(r);
+    if (c->state == UC_CLOSING) return;
+    if (status < 0) {
+        c->host->addr_expiry_ms = 0; /* resolve again next time */
+        log_warn("upstream %s:%d: connect failed: %s", c->host->host, c->host->port,
+                 uv_strerror(status));
+        conn_fail(c, UP_UNAVAILABLE);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    c->reading = true;
+    if (c->host->tls) {
+        if (tls_start(c) < 0) conn_fail(c, UP_UNAVAILABLE);
+        return;
+    }
+    ready(c);
+}
+
+static void do_connect(struct upconn *c)
+{
+    struct conn_req *r = malloc(sizeof *r);
+    if (!r) {
+        conn_fail(c, UP_UNAVAILABLE);
+        return;
+    }
+    r->c = c;
+    c->state = UC_CONNECTING;
+    int e = uv_tcp_connect(&r->connect, &c->tcp, (struct sockaddr *)&c->host->addr, on_connect);
+    if (e < 0) {
+        free(r);
+        log_warn("upstream %s:%d: connect failed: %s", c->host->host, c->host->port,
+                 uv_strerror(e));
+        conn_fail(c, UP_UNAVAILABLE);
+    }
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct conn_req *r = container_of(req, struct conn_req, gai);
+    struct upconn *c = r->c;
+    free(r);
+    if (c->state == UC_CLOSING) {
+        uv_freeaddrinfo(res);
+        return;
+    }
+    if (status < 0 || !res) {
+        log_warn("upstream %s: cannot resolve: %s", c->host->host, uv_strerror(status));
+        uv_freeaddrinfo(res);
+        conn_fail(c, UP_UNAVAILABLE);
+        return;
+    }
+    struct addrinfo *pick = res;
+    for (struct addrinfo *a = res; a; a = a->ai_next) /* prefer IPv4: loopback services */
+        if (a->ai_family == AF_INET) {
+            pick = a;
+            break;
+        }
+    memcpy(&c->host->addr, pick->ai_addr, pick->ai_addrlen);
+    if (pick->ai_family == AF_INET)
+        ((struct sockaddr_in *)&c->host->addr)->sin_port = htons((uint16_t)c->host->port);
+    else
+        ((struct sockaddr_in6 *)&c->host->addr)->sin6_port = htons((uint16_t)c->host->port);
+    c->host->addr_expiry_ms = now_ms(c->loop) + UPSTREAM_DNS_TTL_MS;
+    uv_freeaddrinfo(res);
+    do_connect(c);
+}
+
+static int resolve(struct upconn *c)
+{
+    struct upstream_host *h = c->host;
+    if (h->addr_expiry_ms > now_ms(c->loop)) {
+        do_connect(c);
+        return 0;
+    }
+    struct sockaddr_in a4;
+    struct sockaddr_in6 a6;
+    if (uv_ip4_addr(h->host, h->port, &a4) == 0) {
+        memcpy(&h->addr, &a4, sizeof a4);
+        h->addr_expiry_ms = UINT64_MAX;
+        do_connect(c);
+        return 0;
+    }
+    if (uv_ip6_addr(h->host, h->port, &a6) == 0) {
+        memcpy(&h->addr, &a6, sizeof a6);
+        h->addr_expiry_ms = UINT64_MAX;
+        do_connect(c);
+        return 0;
+    }
+    struct conn_req *r = malloc(sizeof *r);
+    if (!r) return -1;
+    r->c = c;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    c->state = UC_RESOLVING;
+    if (uv_getaddrinfo(&c->loop->uv, &r->gai, on_resolved, h->host, NULL, &hints) < 0) {
+        free(r);
+        return -1;
+    }
+    return 0;
+}
+
+int upstream_acquire(struct loop *l, bool tls, const char *name, int port, bool fresh,
+                     const struct upconn_ops *ops, void *arg, struct upconn **out)
+{
+    struct upstream_host *h = host_get(l, tls, name, port);
+    if (!h) return UP_UNAVAILABLE;
+    if (h->idle && !fresh) {
+        struct upconn *c = h->idle;
+        h->idle = c->idle_next;
+        h->n_idle--;
+        c->idle_next = NULL;
+        c->state = UC_ACTIVE;
+        c->reused = true;
+        c->ops = ops;
+        c->arg = arg;
+        uv_timer_stop(&c->timer);
+        l->stats.upstream_reuses++;
+        *out = c;
+        return 1;
+    }
+    struct upconn *c = calloc(1, sizeof *c);
+    if (!c) return UP_UNAVAILABLE;
+    c->loop = l;
+    c->host = h;
+    c->ops = ops;
+    c->arg = arg;
+    uv_tcp_init(&l->uv, &c->tcp);
+    uv_timer_init(&l->uv, &c->timer);
+    c->tcp.data = c->timer.data = c;
+    c->handles_open = 2;
+    c->state = UC_RESOLVING;
+    *out = c;
+    uv_timer_start(&c->timer, on_timer, (uint64_t)l->cfg->limits.upstream_connect_timeout_ms, 0);
+    if (resolve(c) < 0) {
+        upconn_close(c);
+        return UP_UNAVAILABLE;
+    }
+    return 0;
+}
+
+void upconn_release(struct upconn *c)
+{
+    if (c->state != UC_ACTIVE) return;
+    struct upstream_host *h = c->host;
+    if (c->eof || c->writes_pending || c->in.len != c->in.off || h->n_idle >= UPSTREAM_IDLE_MAX ||
+        c->loop->draining || tls_has_pending(c)) {
+        upconn_close(c);
+        return;
+    }
+    inbuf_free(&c->in, &c->loop->pool);
+    c->ops = NULL;
+    c->arg = NULL;
+    c->state = UC_IDLE;
+    c->timeout_ms = 0;
+    c->idle_next = h->idle;
+    h->idle = c;
+    h->n_idle++;
+    if (!c->reading) {
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+        c->reading = true;
+    }
+    uv_timer_start(&c->timer, on_timer, UPSTREAM_IDLE_MS, 0);
+}
+
+void upstream_pool_close_all(struct loop *l)
+{
+    struct upstream_host *h = l->hosts;
+    while (h) {
+        struct upstream_host *next = h->next;
+        while (h->idle)
+            upconn_close(h->idle);
+        host_free(h);
+        h = next;
+    }
+    l->hosts = NULL;
+    l->n_hosts = 0;
+}
+
+/* ---- TLS context ---- */
+
+static int on_new_session(SSL *ssl, SSL_SESSION *sess)
+{
+    struct upconn *c = SSL_get_app_data(ssl);
+    if (!c || c->state == UC_CLOSING) return 0;
+    if (c->host->session) SSL_SESSION_free(c->host->session);
+    c->host->session = sess; /* we keep the reference */
+    return 1;
+}
+
+int tls_ctx_init(struct loop *l, const char *ca_file, char *err, size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        snprintf(err, errlen, "cannot create TLS context");
+        return -1;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
+        snprintf(err, errlen, "tls.ca_file: cannot load %s", ca_file);
+        SSL_CTX_free(ctx);
+        ERR_clear_error();
+        return -1;
+    }
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, on_new_session);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    l->ssl_ctx = ctx;
+    return 0;
+}

@@ -1,0 +1,78 @@
+/* upstream.h - connections to upstreams: a keep-alive pool per (scheme, host, port), plain TCP
+ * or TLS through OpenSSL memory BIOs, so one read/write path serves both.
+ *
+ * An upconn is owned by the pool while idle and by one exchange while in use. The owner reads
+ * plaintext from c->in and gets events through upconn_ops; it gives the connection back with
+ * upconn_release() (reusable) or upconn_close(). Memory is freed in the handle close callbacks. */
+#ifndef AUTHPROXY_UPSTREAM_H
+#define AUTHPROXY_UPSTREAM_H
+
+#include <openssl/ssl.h>
+#include <stdbool.h>
+#include <uv.h>
+
+#include "buf.h"
+#include "config.h"
+
+struct loop;
+struct upconn;
+
+enum upstream_err {
+    UP_OK = 0,
+    UP_UNAVAILABLE = -1, /* refused, reset, DNS, TLS verification: 502 */
+    UP_TIMEOUT = -2,     /* 504 */
+};
+
+struct upconn_ops {
+    void (*ready)(void *arg, struct upconn *c, int err);  /* connected and verified, or failed */
+    void (*data)(void *arg, struct upconn *c);            /* new plaintext in c->in */
+    void (*closed)(void *arg, struct upconn *c, int err); /* EOF (0), error or timeout */
+    void (*drained)(void *arg, struct upconn *c);         /* a pending write completed */
+};
+
+struct upstream_host {
+    struct upstream_host *next;
+    bool tls;
+    int port;
+    char *host;
+    SSL_SESSION *session;
+    struct upconn *idle; /* LIFO of idle connections */
+    int n_idle;
+    struct sockaddr_storage addr;
+    uint64_t addr_expiry_ms; /* 0: not resolved */
+};
+
+struct upconn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    struct loop *loop;
+    struct upstream_host *host;
+    SSL *ssl;
+    BIO *rbio, *wbio;
+    struct inbuf in; /* plaintext received */
+    uint8_t state;
+    bool reused, reading, want_read, eof;
+    int writes_pending;
+    struct upconn *idle_next;
+    const struct upconn_ops *ops;
+    void *arg;
+    uint64_t timeout_ms;
+    int handles_open;
+};
+
+/* Gets a connection for the caller: an idle pooled one (returns 1, ready now) unless fresh, or
+ * a new one (returns 0; ops->ready called later). Returns <0 on immediate failure. */
+int upstream_acquire(struct loop *l, bool tls, const char *host, int port, bool fresh,
+                     const struct upconn_ops *ops, void *arg, struct upconn **out);
+/* Writes plaintext. 0: all written; 1: pending (ops->drained later); <0: error. */
+int upconn_write(struct upconn *c, const uv_buf_t *bufs, unsigned n);
+void upconn_read(struct upconn *c, bool on);
+/* Response timer: ops->closed(UP_TIMEOUT) after ms without input. 0 stops it. */
+void upconn_timeout(struct upconn *c, uint64_t ms);
+void upconn_release(struct upconn *c);
+void upconn_close(struct upconn *c);
+void upstream_pool_close_all(struct loop *l);
+
+int tls_ctx_init(struct loop *l, const char *ca_file, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,125 @@
+"""TLS upstreams: verification against tls.ca_file, host names, SNI, keep-alive."""
+import socket
+import threading
+import time
+
+from harness import (ASAN, MiB, Conn, Mock, Proxy, assert_error, certs, free_port, get_json,
+                     hdr_all, make_config, read_pattern, request)
+
+
+def _proxy_for(mock, upstream_host="localhost"):
+    cfg = make_config(free_port(), [{"host": "tls.test",
+                                     "upstream": "https://%s:%d" % (upstream_host, mock.port)}])
+    return Proxy(cfg)
+
+
+def test_tls_upstream_works_with_sni_and_host():
+    with Mock(tls=True) as up, _proxy_for(up) as px:
+        echo = get_json(px.port, "http://tls.test/echo?x=1")
+        assert echo["tls"] is True
+        assert echo["target"] == "/echo?x=1"
+        assert echo["sni"] == "localhost", "SNI sent: %r" % echo["sni"]
+        assert hdr_all(echo["headers"], "host") == ["localhost:%d" % up.port], echo["headers"]
+
+
+def test_tls_upstream_keepalive_one_handshake():
+    with Mock(tls=True) as up, _proxy_for(up) as px:
+        with Conn(px.port) as c:
+            for i in range(4):
+                c.send("GET http://tls.test/echo?i=%d HTTP/1.1\r\nHost: tls.test\r\n\r\n" % i)
+                r = c.read_response()
+                assert r is not None and r.status == 200 and r.json()["query"] == "i=%d" % i, \
+                    "request %d: %r" % (i, r)
+        st = up.stats()
+        assert st["requests"] == 4
+        assert st["tls_handshakes"] == 1, "4 keep-alive requests made %d TLS handshakes" % \
+            st["tls_handshakes"]
+
+
+def test_tls_upstream_ip_address_san():
+    with Mock(tls=True) as up, _proxy_for(up, "127.0.0.1") as px:
+        echo = get_json(px.port, "http://tls.test/echo")
+        assert echo["tls"] is True
+        assert hdr_all(echo["headers"], "host") == ["127.0.0.1:%d" % up.port], echo["headers"]
+
+
+def test_tls_upstream_untrusted_certificate_502():
+    c = certs()
+    with Mock(tls=(c["selfsigned_cert"], c["selfsigned_key"])) as up, _proxy_for(up) as px:
+        st, hdrs, body = request(px.port, "GET", "http://tls.test/echo",
+                                 headers={"Authorization": "Bearer must-not-leak"})
+        assert_error((st, hdrs, body), 502, "upstream_unavailable")
+        time.sleep(0.1)
+        s = up.stats()
+        assert s["requests"] == 0 and s["tls_handshakes"] == 0, \
+            "an unverified upstream got a request: %r" % s
+
+
+def test_tls_upstream_wrong_host_name_502():
+    c = certs()
+    with Mock(tls=(c["wronghost_cert"], c["wronghost_key"])) as up, _proxy_for(up) as px:
+        st, hdrs, body = request(px.port, "GET", "http://tls.test/echo")
+        assert_error((st, hdrs, body), 502, "upstream_unavailable")
+        time.sleep(0.1)
+        s = up.stats()
+        assert s["requests"] == 0, "an upstream with the wrong name got a request: %r" % s
+
+
+def test_tls_upstream_answering_plain_http_502():
+    # an https:// upstream that answers in clear text: the handshake fails at once -> 502
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(16)
+    ls.settimeout(0.2)
+    port = ls.getsockname()[1]
+    stop = threading.Event()
+    got = []
+
+    def serve():
+        while not stop.is_set():
+            try:
+                s, _ = ls.accept()
+            except OSError:
+                continue
+            try:
+                s.settimeout(2)
+                got.append(s.recv(65536))
+                s.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            except OSError:
+                pass
+            finally:
+                s.close()
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    try:
+        cfg = make_config(free_port(), [{"host": "tls.test",
+                                         "upstream": "https://localhost:%d" % port}])
+        with Proxy(cfg) as px:
+            t0 = time.monotonic()
+            st, hdrs, body = request(px.port, "GET", "http://tls.test/echo")
+            assert_error((st, hdrs, body), 502, "upstream_unavailable")
+            assert time.monotonic() - t0 < 1.5, "a failed handshake took %.1f s" % (
+                time.monotonic() - t0)
+        assert got and got[0][:1] == b"\x16", "the proxy did not start with a TLS handshake"
+        assert not any(b"GET " in g for g in got), "the request went out in clear text"
+    finally:
+        stop.set()
+        th.join(3)
+        ls.close()
+
+
+def test_tls_upstream_download_and_upload():
+    n = 4 * MiB if ASAN else 16 * MiB
+    with Mock(tls=True) as up, _proxy_for(up) as px:
+        with Conn(px.port, timeout=30) as c:
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            c.send("GET http://tls.test/bytes?n=%d HTTP/1.1\r\nHost: tls.test\r\n\r\n" % n)
+            deadline = time.monotonic() + 60
+            head = c.read_until(b"\r\n\r\n", deadline)
+            assert head and head.startswith(b"HTTP/1.1 200"), "head %r" % head
+            assert read_pattern(c, n, deadline) == n, "TLS download cut short"
+        from harness import pattern_bytes, sha256
+        body = pattern_bytes(2 * MiB + 3)
+        echo = get_json(px.port, "http://tls.test/upload", method="POST", body=body)
+        assert echo["body_length"] == len(body) and echo["body_sha256"] == sha256(body)
