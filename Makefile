@@ -42,9 +42,9 @@ deps-bench: deps
 # llhttp's generated C is compiled as shipped, without our warning flags.
 $(BUILD)/%/llhttp.a: $(LLSRCS) | deps
 	@mkdir -p $(BUILD)/$*/ll
-	cd $(BUILD)/$*/ll && $(CC) -c -std=c11 $(if $(filter asan,$*),$(SAN) -O1,$(OPT)) -g \
+	@echo "CC llhttp ($*)"; cd $(BUILD)/$*/ll && $(CC) -c -std=c11 $(if $(filter asan,$*),$(SAN) -O1,$(OPT)) -g \
 	  -I/usr/share/include/llhttp $(LLSRCS)
-	ar rcs $@ $(BUILD)/$*/ll/*.o
+	@ar rcs $@ $(BUILD)/$*/ll/*.o
 
 $(BUILD)/rel/%.o: src/%.c $(HDRS) | deps
 	@mkdir -p $(dir $@)
@@ -58,13 +58,13 @@ OBJS_REL  = $(patsubst src/%.c,$(BUILD)/rel/%.o,$(SRCS))
 OBJS_ASAN = $(patsubst src/%.c,$(BUILD)/asan/%.o,$(SRCS))
 
 $(BUILD)/authproxy: $(OBJS_REL) $(BUILD)/rel/main.o $(BUILD)/rel/llhttp.a
-	$(CC) -o $@ $^ $(LDLIBS)
+	@echo "LD $@"; $(CC) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/authproxy-asan: $(OBJS_ASAN) $(BUILD)/asan/main.o $(BUILD)/asan/llhttp.a
-	$(CC) $(SAN) -o $@ $^ $(LDLIBS)
+	@echo "LD $@"; $(CC) $(SAN) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/unit-tests: $(UNIT) tests/unit/unit.h $(SRCS) $(HDRS) $(BUILD)/asan/llhttp.a | deps
-	$(CC) $(CFLAGS_BASE) $(SAN) -O1 -Itests/unit -o $@ $(UNIT) $(SRCS) $(BUILD)/asan/llhttp.a $(LDLIBS)
+	@echo "LD $@"; $(CC) $(CFLAGS_BASE) $(SAN) -O1 -Itests/unit -o $@ $(UNIT) $(SRCS) $(BUILD)/asan/llhttp.a $(LDLIBS)
 
 asan: $(BUILD)/authproxy-asan
 unit: $(BUILD)/unit-tests
