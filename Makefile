@@ -20,7 +20,7 @@ DEPS_BUILD := gcc make pkg-config libuv1-dev node-llhttp libcjson-dev libcurl4-o
 DEPS_TEST  := curl openssl python3 ca-certificates procps
 DEPS_BENCH := nginx-light haproxy wrk gnuplot-nox util-linux
 
-.PHONY: all run test unit asan deps deps-bench bench clean format
+.PHONY: all run test unit asan deps deps-bench bench bench-smoke clean format
 
 all: $(BUILD)/authproxy
 
@@ -70,14 +70,18 @@ asan: $(BUILD)/authproxy-asan
 unit: $(BUILD)/unit-tests
 	$(BUILD)/unit-tests
 
-test: deps $(BUILD)/authproxy $(BUILD)/authproxy-asan $(BUILD)/unit-tests
+test: deps deps-bench $(BUILD)/authproxy $(BUILD)/authproxy-asan $(BUILD)/unit-tests
 	python3 tests/run.py
+	bench/run.sh --smoke
 
 run: deps $(BUILD)/authproxy
 	python3 tests/demo/run_demo.py
 
 bench: deps-bench $(BUILD)/authproxy
 	bench/run.sh
+
+bench-smoke: deps-bench $(BUILD)/authproxy
+	bench/run.sh --smoke
 
 format:
 	clang-format -i src/*.c src/*.h tests/unit/*.c tests/unit/*.h
