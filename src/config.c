@@ -1534,3 +1534,37 @@ int config_print(const struct config *c, FILE *out)
     }
     return 0;
 }
+
+static bool str_eq(const char *a, const char *b)
+{
+    return (a == NULL) == (b == NULL) && (!a || strcmp(a, b) == 0);
+}
+
+static bool kv_eq(const struct kv *a, int na, const struct kv *b, int nb)
+{
+    if (na != nb) return false;
+    for (int i = 0; i < na; i++)
+        if (!str_eq(a[i].key, b[i].key) || !str_eq(a[i].value, b[i].value)) return false;
+    return true;
+}
+
+bool provider_config_equal(const struct provider_config *a, const struct provider_config *b)
+{
+    return str_eq(a->name, b->name) && a->preset == b->preset && a->grant_type == b->grant_type &&
+           a->client_auth == b->client_auth && a->param_style == b->param_style &&
+           str_eq(a->token_url, b->token_url) && str_eq(a->code_url, b->code_url) &&
+           str_eq(a->site, b->site) && str_eq(a->introspect_url, b->introspect_url) &&
+           str_eq(a->revoke_url, b->revoke_url) && str_eq(a->client_id, b->client_id) &&
+           str_eq(a->client_secret, b->client_secret) && str_eq(a->username, b->username) &&
+           str_eq(a->password, b->password) && str_eq(a->refresh_token, b->refresh_token) &&
+           str_eq(a->redirect_uri, b->redirect_uri) && str_eq(a->scope, b->scope) &&
+           kv_eq(a->param_names, a->n_param_names, b->param_names, b->n_param_names) &&
+           kv_eq(a->params, a->n_params, b->params, b->n_params) &&
+           a->expires_in_ms == b->expires_in_ms && a->default_ttl_s == b->default_ttl_s &&
+           a->refresh_before_s == b->refresh_before_s && a->idle_timeout_s == b->idle_timeout_s &&
+           a->max_lifetime_s == b->max_lifetime_s && a->revoke_on_exit == b->revoke_on_exit &&
+           a->accept_201 == b->accept_201 && a->use_jwt_exp == b->use_jwt_exp &&
+           a->refresh_fallback == b->refresh_fallback &&
+           a->json_content_type == b->json_content_type && a->disabled == b->disabled &&
+           str_eq(a->disabled_reason, b->disabled_reason);
+}

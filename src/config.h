@@ -134,6 +134,9 @@ void config_unref(struct config *c);
  * Returns 0 when the configuration can serve, 1 otherwise. */
 int config_print(const struct config *c, FILE *out);
 
+/* Do two providers have the same settings (so a reload keeps the token)? */
+bool provider_config_equal(const struct provider_config *a, const struct provider_config *b);
+
 /* Index of the provider called name, or -1. */
 int config_provider_index(const struct config *c, const char *name);
 

@@ -106,7 +106,7 @@ int fetcher_init(struct fetcher *f, uv_loop_t *loop, const char *ca_file)
 {
     memset(f, 0, sizeof *f);
     f->loop = loop;
-    f->ca_file = ca_file;
+    if (fetcher_set_ca(f, ca_file) < 0) return -1;
     f->multi = curl_multi_init();
     if (!f->multi) return -1;
     uv_timer_init(loop, &f->timer);
@@ -118,8 +118,19 @@ int fetcher_init(struct fetcher *f, uv_loop_t *loop, const char *ca_file)
     return 0;
 }
 
+int fetcher_set_ca(struct fetcher *f, const char *ca_file)
+{
+    char *c = strdup(ca_file);
+    if (!c) return -1;
+    free(f->ca_file);
+    f->ca_file = c;
+    return 0;
+}
+
 void fetcher_close(struct fetcher *f)
 {
+    free(f->ca_file);
+    f->ca_file = NULL;
     if (!f->multi) return;
     f->closing = true;
     uv_timer_stop(&f->timer);

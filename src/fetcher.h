@@ -19,7 +19,7 @@ struct fetcher {
     uv_loop_t *loop;
     CURLM *multi;
     uv_timer_t timer;
-    const char *ca_file;
+    char *ca_file; /* owned copy */
     int running;
     bool closing;
 };
@@ -39,6 +39,7 @@ struct fetch {
 };
 
 int fetcher_init(struct fetcher *f, uv_loop_t *loop, const char *ca_file);
+int fetcher_set_ca(struct fetcher *f, const char *ca_file);
 /* Closes the timer; transfers still running are cancelled without done(). */
 void fetcher_close(struct fetcher *f);
 /* Starts fe->call (built by provider_build; ownership passes to fe until fetch_reset). */

@@ -76,11 +76,8 @@ static void on_hup(uv_signal_t *s, int signum)
         return;
     }
     struct config *old = l->cfg;
-    bool same = n->n_providers == old->n_providers;
-    for (int i = 0; same && i < n->n_providers; i++)
-        same = strcmp(n->providers[i].name, old->providers[i].name) == 0;
-    if (!same) { /* token slots are per provider: that change needs a restart for now */
-        log_error("reload refused: the set of providers changed; restart to apply it");
+    if (token_cache_reload(l, n) < 0) {
+        log_error("reload failed (out of memory), keeping the running configuration");
         config_unref(n);
         return;
     }

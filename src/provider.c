@@ -89,25 +89,33 @@ static char *json_body(const struct params *ps, size_t *len)
     return s;
 }
 
-/* "Authorization: Basic base64(urlenc(id):urlenc(secret))" (RFC 6749 2.3.1). */
-static struct curl_slist *basic_auth(struct curl_slist *h, const char *id, const char *secret)
+/* "Authorization: Basic base64(urlenc(id):urlenc(secret))" (RFC 6749 2.3.1), or with the id
+ * and secret as they are (raw) where the provider's documents use curl -u (EPC). */
+static struct curl_slist *basic_auth(struct curl_slist *h, const char *id, const char *secret,
+                                     bool plain)
 {
     size_t il = strlen(id) * 3 + 1, sl = strlen(secret) * 3 + 1;
-    char *raw = malloc(il + sl + 1);
+    char *buf = malloc(il + sl + 1);
     size_t b64cap = 4 * ((il + sl + 2) / 3) + 32;
     char *line = malloc(b64cap + 32);
     struct curl_slist *r = NULL;
-    if (!raw || !line) goto out;
-    int a = form_encode(id, raw, il);
-    raw[a] = ':';
-    int b = form_encode(secret, raw + a + 1, sl);
+    if (!buf || !line) goto out;
+    int a, b;
+    if (plain) {
+        a = sprintf(buf, "%s:", id) - 1;
+        b = sprintf(buf + a + 1, "%s", secret);
+    } else {
+        a = form_encode(id, buf, il);
+        buf[a] = ':';
+        b = form_encode(secret, buf + a + 1, sl);
+    }
     int n = snprintf(line, 32, "Authorization: Basic ");
-    EVP_EncodeBlock((unsigned char *)line + n, (const unsigned char *)raw, a + 1 + b);
+    EVP_EncodeBlock((unsigned char *)line + n, (const unsigned char *)buf, a + 1 + b);
     r = curl_slist_append(h, line);
-    OPENSSL_cleanse(raw, il + sl + 1);
+    OPENSSL_cleanse(buf, il + sl + 1);
     OPENSSL_cleanse(line, b64cap + 32);
 out:
-    free(raw);
+    free(buf);
     free(line);
     return r;
 }
@@ -169,7 +177,8 @@ int provider_build(const struct provider_config *p, enum mint_step step, const c
     struct curl_slist *h = NULL;
     if (client_auth) {
         if (p->client_auth == CLIENT_AUTH_BASIC && p->client_id) {
-            h = basic_auth(h, p->client_id, p->client_secret ? p->client_secret : "");
+            h = basic_auth(h, p->client_id, p->client_secret ? p->client_secret : "",
+                           p->preset == PRESET_EPC);
             if (!h) return -1;
         } else if (p->client_auth == CLIENT_AUTH_BODY) {
             add(&ps, p, "client_id", p->client_id);

@@ -628,7 +628,7 @@ static int relay(struct exchange *ex, const char *head, size_t head_len, uint32_
     uv_buf_t b[2];
     unsigned n = 0;
     if (head_len) b[n++] = uv_buf_init((char *)head, (unsigned)head_len);
-    if (to > from) b[n++] = uv_buf_init(ex->up->in.base + from, to - from);
+    if (to > from && ex->up) b[n++] = uv_buf_init(ex->up->in.base + from, to - from);
     if (n == 0) return 0;
     int w = client_write(ex->c, b, n);
     if (w == 1) {
@@ -721,13 +721,14 @@ static void resp_process(struct exchange *ex)
                 ex->resp_kick = true;
             }
             ex->resp_mark = pos;
-            if (relay(ex, ex->out, (size_t)hl, 0, 0) < 0) return client_abort(ex->c);
+            ex->head_out = (uint32_t)hl; /* written together with the first body bytes */
             continue;
         }
         /* body */
         uint32_t to = ex->resp_dechunk ? ex->resp_w : pos;
         in->off = pos;
-        int w = relay(ex, NULL, 0, from, to);
+        int w = relay(ex, ex->out, ex->head_out, from, to);
+        ex->head_out = 0;
         if (w < 0) {
             if (ex->up) {
                 upconn_close(ex->up);
@@ -736,6 +737,11 @@ static void resp_process(struct exchange *ex)
             return client_abort(ex->c);
         }
         if (e == HPE_PAUSED && !ex->resp_done) llhttp_resume(&ex->rp);
+    }
+    if (ex->head_out && !ex->client_write_pending) { /* no body bytes came with the head */
+        int w = relay(ex, ex->out, ex->head_out, 0, 0);
+        ex->head_out = 0;
+        if (w < 0) return client_abort(ex->c);
     }
     if (ex->up || ex->resp_done) maybe_finish(ex);
 }

@@ -52,6 +52,7 @@ struct exchange {
     bool replayed, replay_overflow;
     uint32_t resp_w;    /* dechunk: write cursor in the upstream buffer */
     uint32_t resp_mark; /* start of response bytes not yet written to the client */
+    uint32_t head_out;  /* length of a response head in out not yet written */
     char host[HOST_MAX];
     int port;
     /* upstream target */

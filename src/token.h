@@ -17,7 +17,6 @@ struct config;
 
 struct token {
     int refs;
-    int provider;
     uint64_t minted_ms, expires_ms, last_use_ms; /* loop time (uv_now) */
     char *header;                                /* "Authorization: Bearer <token>\r\n" */
     size_t header_len;
@@ -38,6 +37,8 @@ struct token_wait {
 
 /* Creates the per-loop cache for l->cfg's providers. */
 int token_cache_init(struct loop *l);
+/* SIGHUP: providers whose settings did not change keep their slot and token. */
+int token_cache_reload(struct loop *l, struct config *cfg);
 /* Cancels every transfer and closes the cache's handles (waiters must be gone); free it with
  * token_cache_free(l->tokens_closing) once the loop has run the close callbacks. */
 void token_cache_close(struct loop *l);

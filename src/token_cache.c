@@ -32,8 +32,10 @@ static const char *const state_names[] = {"empty", "minting", "valid", "refreshi
 
 struct token_slot {
     struct token_cache *tc;
-    int idx;
+    struct config *cfg; /* keeps p alive */
     const struct provider_config *p;
+    struct token_slot *next_retired;
+    bool retired; /* its provider changed or went away in a reload; freed when idle */
     enum slot_state state;
     struct token *cur;
     char *refresh_token; /* current (rotating) refresh token */
@@ -57,8 +59,9 @@ struct token_cache {
     struct loop *l;
     struct config *cfg;
     struct fetcher fetcher;
-    struct token_slot *slots;
+    struct token_slot **slots; /* one per provider of cfg, same order */
     int n;
+    struct token_slot *retired; /* replaced by a reload, finishing a transfer */
     int revokes_pending;
     void (*revoked)(struct loop *l);
     uv_timer_t revoke_timer;
@@ -157,7 +160,7 @@ static void on_slot_timer(uv_timer_t *t)
 {
     struct token_slot *s = t->data;
     uint64_t now = now_ms(s);
-    if (s->in_flight) return;
+    if (s->in_flight || s->retired) return;
     if (s->state == TS_VALID && live(s, s->cur, now) && s->uses_since_mint > 0) {
         /* refresh in the background while the current token keeps serving */
         slot_state(s, TS_REFRESHING);
@@ -198,7 +201,6 @@ static void mint_succeeded(struct token_slot *s, struct mint_result *mr)
         return;
     }
     t->refs = 1;
-    t->provider = s->idx;
     t->minted_ms = t->last_use_ms = now;
     t->expires_ms = now + (uint64_t)life;
     t->header_len = (size_t)sprintf(t->header, "Authorization: Bearer %s\r\n", mr->access_token);
@@ -255,7 +257,9 @@ static void mint_failed(struct token_slot *s, int status, const char *code, cons
     answer_waiters(s, false);
 }
 
-static void on_fetch_done(struct fetch *fe)
+static void slot_free(struct token_slot *s);
+
+static void fetch_done(struct fetch *fe)
 {
     struct token_slot *s = container_of(fe, struct token_slot, fe);
     const struct provider_config *p = s->p;
@@ -327,6 +331,22 @@ static void on_fetch_done(struct fetch *fe)
         mint_failed(s, 503, "token_unavailable", mr.detail, retry);
 }
 
+/* A retired slot is freed once its last transfer has answered its waiters. */
+static void on_fetch_done(struct fetch *fe)
+{
+    struct token_slot *s = container_of(fe, struct token_slot, fe);
+    fetch_done(fe);
+    if (s->retired && !s->in_flight) {
+        struct token_cache *tc = s->tc;
+        for (struct token_slot **pp = &tc->retired; *pp; pp = &(*pp)->next_retired)
+            if (*pp == s) {
+                *pp = s->next_retired;
+                break;
+            }
+        slot_free(s);
+    }
+}
+
 static void step_start(struct token_slot *s, enum mint_step step, const char *arg)
 {
     char d[200];
@@ -370,11 +390,17 @@ static void mint_start(struct token_slot *s)
 
 /* ---- the interface ---- */
 
-static struct token_slot *slot_of(struct loop *l, int provider)
+/* The slot serving cfg's provider (cfg may be an older snapshot than the cache's). */
+static struct token_slot *slot_of(struct loop *l, const struct config *cfg, int provider)
 {
     struct token_cache *tc = l->tokens;
-    if (!tc || provider < 0 || provider >= tc->n) return NULL;
-    return &tc->slots[provider];
+    if (!tc || provider < 0 || provider >= cfg->n_providers) return NULL;
+    const char *name = cfg->providers[provider].name;
+    if (provider < tc->n && strcmp(tc->slots[provider]->p->name, name) == 0)
+        return tc->slots[provider];
+    for (int i = 0; i < tc->n; i++)
+        if (strcmp(tc->slots[i]->p->name, name) == 0) return tc->slots[i];
+    return NULL;
 }
 
 int token_get(struct loop *l, const struct config *cfg, int provider, struct token_wait *w,
@@ -389,11 +415,11 @@ int token_get(struct loop *l, const struct config *cfg, int provider, struct tok
                  p->disabled_reason ? p->disabled_reason : "a setting is missing");
         return 1;
     }
-    struct token_slot *s = slot_of(l, provider);
-    if (!s || strcmp(s->p->name, p->name) != 0) {
+    struct token_slot *s = slot_of(l, cfg, provider);
+    if (!s || s->p->disabled) {
         r->status = 503;
         r->error = "token_unavailable";
-        snprintf(r->detail, sizeof r->detail, "provider %s has no token cache", p->name);
+        snprintf(r->detail, sizeof r->detail, "provider %s is not configured any more", p->name);
         return 1;
     }
     uint64_t now = now_ms(s);
@@ -427,36 +453,46 @@ int token_get(struct loop *l, const struct config *cfg, int provider, struct tok
     return 0;
 }
 
+static bool remove_waiter(struct token_slot *s, struct token_wait *w)
+{
+    for (struct token_wait **pp = &s->waiters; *pp; pp = &(*pp)->next)
+        if (*pp == w) {
+            *pp = w->next;
+            s->n_waiters--;
+            w->next = NULL;
+            return true;
+        }
+    return false;
+}
+
 void token_cancel(struct loop *l, struct token_wait *w)
 {
     struct token_cache *tc = l->tokens;
     if (!tc) return;
-    for (int i = 0; i < tc->n; i++) {
-        struct token_slot *s = &tc->slots[i];
-        for (struct token_wait **pp = &s->waiters; *pp; pp = &(*pp)->next) {
-            if (*pp == w) {
-                *pp = w->next;
-                s->n_waiters--;
-                w->next = NULL;
-                return;
-            }
-        }
-    }
+    for (int i = 0; i < tc->n; i++)
+        if (remove_waiter(tc->slots[i], w)) return;
+    for (struct token_slot *s = tc->retired; s; s = s->next_retired)
+        if (remove_waiter(s, w)) return;
 }
 
 void token_invalidate(struct loop *l, struct token *t)
 {
-    struct token_slot *s = slot_of(l, t->provider);
-    if (!s || s->cur != t) return; /* already replaced: nothing to do */
-    log_info("provider %s: upstream refused the cached token, minting a new one", s->p->name);
-    drop_current(s);
-    uv_timer_stop(&s->timer);
-    slot_state(s, s->in_flight ? TS_MINTING : TS_EMPTY);
+    struct token_cache *tc = l->tokens;
+    if (!tc) return;
+    for (int i = 0; i < tc->n; i++) {
+        struct token_slot *s = tc->slots[i];
+        if (s->cur != t) continue; /* not (any more) the cached token: nothing to do */
+        log_info("provider %s: upstream refused the cached token, minting a new one", s->p->name);
+        drop_current(s);
+        uv_timer_stop(&s->timer);
+        slot_state(s, s->in_flight ? TS_MINTING : TS_EMPTY);
+        return;
+    }
 }
 
 int token_refresh(struct loop *l, const struct config *cfg, int provider, struct token_result *r)
 {
-    struct token_slot *s = slot_of(l, provider);
+    struct token_slot *s = slot_of(l, cfg, provider);
     const struct provider_config *p = &cfg->providers[provider];
     memset(r, 0, sizeof *r);
     if (p->disabled || !s) {
@@ -471,17 +507,9 @@ int token_refresh(struct loop *l, const struct config *cfg, int provider, struct
     return 0;
 }
 
-static void on_revoke_timeout(uv_timer_t *t)
+static void revoke_finished(struct token_cache *tc)
 {
-    struct token_cache *tc = t->data;
-    for (int i = 0; i < tc->n; i++)
-        if (tc->slots[i].revoking) {
-            fetcher_cancel(&tc->slots[i].fe);
-            fetch_reset(&tc->slots[i].fe);
-            tc->slots[i].revoking = false;
-            tc->slots[i].in_flight = false;
-            log_warn("provider %s: revocation did not finish in time", tc->slots[i].p->name);
-        }
+    uv_timer_stop(&tc->revoke_timer);
     tc->revokes_pending = 0;
     if (tc->revoked) {
         void (*cb)(struct loop *) = tc->revoked;
@@ -490,19 +518,39 @@ static void on_revoke_timeout(uv_timer_t *t)
     }
 }
 
+static void on_revoke_timeout(uv_timer_t *t)
+{
+    struct token_cache *tc = t->data;
+    for (int i = 0; i < tc->n; i++) {
+        struct token_slot *s = tc->slots[i];
+        if (!s->revoking) continue;
+        fetcher_cancel(&s->fe);
+        fetch_reset(&s->fe);
+        s->revoking = s->in_flight = false;
+        log_warn("provider %s: revocation did not finish in time", s->p->name);
+    }
+    revoke_finished(tc);
+}
+
+static void stop_transfer(struct token_slot *s)
+{
+    if (!s->in_flight) return;
+    fetcher_cancel(&s->fe);
+    fetch_reset(&s->fe);
+    s->in_flight = s->revoking = false;
+}
+
 void token_revoke_all(struct loop *l, void (*done)(struct loop *l))
 {
     struct token_cache *tc = l->tokens;
     if (!tc) return done(l);
     tc->revoked = done;
     tc->revokes_pending = 0;
+    for (struct token_slot *s = tc->retired; s; s = s->next_retired)
+        stop_transfer(s);
     for (int i = 0; i < tc->n; i++) {
-        struct token_slot *s = &tc->slots[i];
-        if (s->in_flight) { /* a mint in progress is abandoned */
-            fetcher_cancel(&s->fe);
-            fetch_reset(&s->fe);
-            s->in_flight = false;
-        }
+        struct token_slot *s = tc->slots[i];
+        stop_transfer(s); /* a mint in progress is abandoned */
         if (!s->cur || !s->p->revoke_on_exit || !s->p->revoke_url) continue;
         const char *hv = s->cur->header + 22; /* after "Authorization: Bearer " */
         size_t vl = s->cur->header_len - 24;
@@ -523,10 +571,7 @@ void token_revoke_all(struct loop *l, void (*done)(struct loop *l))
         s->revokes++;
         tc->revokes_pending++;
     }
-    if (tc->revokes_pending == 0) {
-        tc->revoked = NULL;
-        return done(l);
-    }
+    if (tc->revokes_pending == 0) return revoke_finished(tc);
     uv_timer_start(&tc->revoke_timer, on_revoke_timeout, (uint64_t)tc->cfg->limits.drain_ms + 100,
                    0);
 }
@@ -534,10 +579,11 @@ void token_revoke_all(struct loop *l, void (*done)(struct loop *l))
 bool token_ready(struct loop *l, const struct config *cfg)
 {
     struct token_cache *tc = l->tokens;
+    (void)cfg;
     if (!tc) return true;
     bool all_have = true, any_failed = false;
-    for (int i = 0; i < tc->n && i < cfg->n_providers; i++) {
-        struct token_slot *s = &tc->slots[i];
+    for (int i = 0; i < tc->n; i++) {
+        struct token_slot *s = tc->slots[i];
         if (s->p->disabled) continue;
         if (!s->cur) all_have = false;
         if (s->state == TS_BACKOFF) any_failed = true;
@@ -555,11 +601,10 @@ static int64_t wall_ms(struct loop *l, uint64_t loop_ms)
 
 size_t token_status_json(struct loop *l, const struct config *cfg, char *out, size_t cap)
 {
-    struct token_cache *tc = l->tokens;
     size_t n = (size_t)snprintf(out, cap, "{");
     for (int i = 0; i < cfg->n_providers && n < cap; i++) {
         const struct provider_config *p = &cfg->providers[i];
-        struct token_slot *s = tc && i < tc->n ? &tc->slots[i] : NULL;
+        struct token_slot *s = slot_of(l, cfg, i);
         const char *st = p->disabled ? "disabled" : s ? state_names[s->state] : "empty";
         n += (size_t)snprintf(out + n, cap - n, "%s\"%s\": {\"state\": \"%s\"", i ? ", " : "",
                               p->name, st);
@@ -573,10 +618,11 @@ size_t token_status_json(struct loop *l, const struct config *cfg, char *out, si
             n += (size_t)snprintf(out + n, cap - n,
                                   ", \"expires_at\": null, \"age_s\": null, \"uses\": 0");
         }
-        if (s && n < cap)
-            n += (size_t)snprintf(
-                out + n, cap - n, ", \"mints\": %llu, \"failures\": %llu, \"last_error\": ",
-                (unsigned long long)s->mints_ok, (unsigned long long)s->mints_failed);
+        if (n < cap)
+            n += (size_t)snprintf(out + n, cap - n,
+                                  ", \"mints\": %llu, \"failures\": %llu, \"last_error\": ",
+                                  s ? (unsigned long long)s->mints_ok : 0ULL,
+                                  s ? (unsigned long long)s->mints_failed : 0ULL);
         if (s && s->last.error && n < cap) {
             /* the detail holds no secret; escape quotes and backslashes */
             n += (size_t)snprintf(out + n, cap - n, "{\"error\": \"%s\", \"detail\": \"",
@@ -586,7 +632,7 @@ size_t token_status_json(struct loop *l, const struct config *cfg, char *out, si
                 out[n++] = (unsigned char)*c < 0x20 ? ' ' : *c;
             }
             if (n < cap) n += (size_t)snprintf(out + n, cap - n, "\"}");
-        } else if (s && n < cap) {
+        } else if (n < cap) {
             n += (size_t)snprintf(out + n, cap - n, "null");
         }
         if (n < cap) n += (size_t)snprintf(out + n, cap - n, "}");
@@ -603,18 +649,99 @@ size_t token_metrics(struct loop *l, const struct config *cfg, char *out, size_t
     n += (size_t)snprintf(out + n, cap - n,
                           "# TYPE authproxy_token_mints_total counter\n"
                           "# TYPE authproxy_token_cache_hits_total counter\n");
-    for (int i = 0; i < tc->n && i < cfg->n_providers && n < cap; i++) {
-        struct token_slot *s = &tc->slots[i];
+    for (int i = 0; i < cfg->n_providers && n < cap; i++) {
+        struct token_slot *s = slot_of(l, cfg, i);
+        if (!s) continue;
+        const char *nm = s->p->name;
         n += (size_t)snprintf(out + n, cap - n,
                               "authproxy_token_mints_total{provider=\"%s\",outcome=\"ok\"} %llu\n"
                               "authproxy_token_mints_total{provider=\"%s\",outcome=\"error\"} "
                               "%llu\n"
                               "authproxy_token_cache_hits_total{provider=\"%s\"} %llu\n",
-                              s->p->name, (unsigned long long)s->mints_ok, s->p->name,
-                              (unsigned long long)s->mints_failed, s->p->name,
-                              (unsigned long long)s->hits);
+                              nm, (unsigned long long)s->mints_ok, nm,
+                              (unsigned long long)s->mints_failed, nm, (unsigned long long)s->hits);
     }
     return n < cap ? n : cap;
+}
+
+/* ---- slots and the cache ---- */
+
+static struct token_slot *slot_new(struct token_cache *tc, struct config *cfg, int idx)
+{
+    struct token_slot *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->tc = tc;
+    s->cfg = config_ref(cfg);
+    s->p = &cfg->providers[idx];
+    uv_timer_init(&tc->l->uv, &s->timer);
+    s->timer.data = s;
+    if (s->p->refresh_token && !s->p->disabled) s->refresh_token = strdup(s->p->refresh_token);
+    return s;
+}
+
+static void on_slot_closed(uv_handle_t *h)
+{
+    struct token_slot *s = h->data;
+    config_unref(s->cfg);
+    free(s);
+}
+
+static void slot_free(struct token_slot *s)
+{
+    stop_transfer(s);
+    fetch_reset(&s->fe);
+    drop_current(s);
+    if (s->refresh_token) {
+        OPENSSL_cleanse(s->refresh_token, strlen(s->refresh_token));
+        free(s->refresh_token);
+        s->refresh_token = NULL;
+    }
+    uv_close((uv_handle_t *)&s->timer, on_slot_closed);
+}
+
+/* Builds the slots for cfg; a slot of old whose provider has the very same settings carries
+ * over with its token. The other old slots retire (freed when their transfer ends). */
+static int slots_build(struct token_cache *tc, struct config *cfg)
+{
+    int n = cfg->n_providers;
+    struct token_slot **slots = calloc((size_t)(n ? n : 1), sizeof *slots);
+    if (!slots) return -1;
+    for (int i = 0; i < n; i++) {
+        const struct provider_config *p = &cfg->providers[i];
+        for (int j = 0; j < tc->n; j++) {
+            struct token_slot *o = tc->slots[j];
+            if (o && strcmp(o->p->name, p->name) == 0 && provider_config_equal(o->p, p)) {
+                slots[i] = o;
+                tc->slots[j] = NULL;
+                config_unref(o->cfg);
+                o->cfg = config_ref(cfg);
+                o->p = p;
+                break;
+            }
+        }
+        if (!slots[i]) slots[i] = slot_new(tc, cfg, i);
+        if (!slots[i]) {
+            for (int k = 0; k < i; k++)
+                slot_free(slots[k]);
+            free(slots);
+            return -1;
+        }
+    }
+    for (int j = 0; j < tc->n; j++) {
+        struct token_slot *o = tc->slots[j];
+        if (!o) continue;
+        if (o->in_flight) {
+            o->retired = true;
+            o->next_retired = tc->retired;
+            tc->retired = o;
+        } else {
+            slot_free(o);
+        }
+    }
+    free(tc->slots);
+    tc->slots = slots;
+    tc->n = n;
+    return 0;
 }
 
 int token_cache_init(struct loop *l)
@@ -623,26 +750,24 @@ int token_cache_init(struct loop *l)
     if (!tc) return -1;
     tc->l = l;
     tc->cfg = config_ref(l->cfg);
-    tc->n = tc->cfg->n_providers;
-    tc->slots = calloc((size_t)(tc->n ? tc->n : 1), sizeof *tc->slots);
-    if (!tc->slots || fetcher_init(&tc->fetcher, &l->uv, tc->cfg->ca_file) < 0) {
-        free(tc->slots);
+    if (fetcher_init(&tc->fetcher, &l->uv, tc->cfg->ca_file) < 0 || slots_build(tc, tc->cfg) < 0) {
         config_unref(tc->cfg);
         free(tc);
         return -1;
     }
     uv_timer_init(&l->uv, &tc->revoke_timer);
     tc->revoke_timer.data = tc;
-    for (int i = 0; i < tc->n; i++) {
-        struct token_slot *s = &tc->slots[i];
-        s->tc = tc;
-        s->idx = i;
-        s->p = &tc->cfg->providers[i];
-        uv_timer_init(&l->uv, &s->timer);
-        s->timer.data = s;
-        if (s->p->refresh_token && !s->p->disabled) s->refresh_token = strdup(s->p->refresh_token);
-    }
     l->tokens = tc;
+    return 0;
+}
+
+int token_cache_reload(struct loop *l, struct config *cfg)
+{
+    struct token_cache *tc = l->tokens;
+    if (!tc) return -1;
+    if (fetcher_set_ca(&tc->fetcher, cfg->ca_file) < 0 || slots_build(tc, cfg) < 0) return -1;
+    config_unref(tc->cfg);
+    tc->cfg = config_ref(cfg);
     return 0;
 }
 
@@ -650,22 +775,18 @@ void token_cache_close(struct loop *l)
 {
     struct token_cache *tc = l->tokens;
     if (!tc) return;
-    for (int i = 0; i < tc->n; i++) {
-        struct token_slot *s = &tc->slots[i];
-        if (s->in_flight) fetcher_cancel(&s->fe);
-        fetch_reset(&s->fe);
-        drop_current(s);
-        if (s->refresh_token) {
-            OPENSSL_cleanse(s->refresh_token, strlen(s->refresh_token));
-            free(s->refresh_token);
-        }
-        uv_close((uv_handle_t *)&s->timer, NULL);
+    for (int i = 0; i < tc->n; i++)
+        slot_free(tc->slots[i]);
+    while (tc->retired) {
+        struct token_slot *s = tc->retired;
+        tc->retired = s->next_retired;
+        slot_free(s);
     }
+    tc->n = 0;
     uv_close((uv_handle_t *)&tc->revoke_timer, NULL);
     fetcher_close(&tc->fetcher);
-    /* slots' timers close on the next loop turn: free after it */
+    /* the handles close on the next loop turn: token_cache_free after it */
     l->tokens = NULL;
-    tc->l = NULL;
     l->tokens_closing = tc;
 }
 

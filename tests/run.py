@@ -273,7 +273,7 @@ def main():
                 if ok:
                     shutil.rmtree(ldir, ignore_errors=True)
                     passed += 1
-                    say("ok   %s (%.1fs)" % (label, dt))
+                    say("ok   %s" % label)
                 else:
                     failed += 1
                     say("FAIL %s (%.1fs): %s" % (label, dt, why))

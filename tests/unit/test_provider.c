@@ -46,8 +46,8 @@ TEST(epc_basic_auth_form_and_201)
     REQUIRE(provider_build(p, STEP_GRANT, NULL, &tc) == 0);
     CHECK_STR(tc.url, "https://api.example/oauth2/v1/token");
     CHECK_STR(tc.body, "grant_type=client_credentials&scope=pc%20pcapi");
-    /* base64("id%201:s%3Aec") */
-    CHECK(has_header(&tc, "Authorization: Basic aWQlMjAxOnMlM0FlYw=="));
+    /* EPC's documents use curl -u: id and secret as they are, base64("id 1:s:ec") */
+    CHECK(has_header(&tc, "Authorization: Basic aWQgMTpzOmVj"));
     CHECK(has_header(&tc, "Content-Type: application/x-www-form-urlencoded"));
     CHECK(strstr(tc.body, "s%3Aec") == NULL); /* the secret is not also in the body */
     token_call_free(&tc);
@@ -76,6 +76,20 @@ TEST(epc_form_client_auth)
     CHECK_STR(tc.body,
               "grant_type=client_credentials&scope=pc%20pcapi&client_id=cid&client_secret=sec");
     CHECK(!has_header_prefix(&tc, "Authorization:"));
+    token_call_free(&tc);
+    config_unref(c);
+}
+
+TEST(rfc6749_basic_auth_is_form_encoded)
+{
+    struct config *c = load("\"g\": {\"token_url\": \"https://a/t\", \"client_id\": \"id 1\", "
+                            "\"client_secret\": \"s:ec\"}");
+    REQUIRE(c);
+    struct token_call tc;
+    REQUIRE(provider_build(&c->providers[0], STEP_GRANT, NULL, &tc) == 0);
+    /* RFC 6749 2.3.1: base64("id%201:s%3Aec") */
+    CHECK(has_header(&tc, "Authorization: Basic aWQlMjAxOnMlM0FlYw=="));
+    CHECK_STR(tc.body, "grant_type=client_credentials");
     token_call_free(&tc);
     config_unref(c);
 }
