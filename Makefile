@@ -72,7 +72,6 @@ unit: $(BUILD)/unit-tests
 
 test: deps deps-bench $(BUILD)/authproxy $(BUILD)/authproxy-asan $(BUILD)/unit-tests
 	python3 tests/run.py
-	bench/run.sh --smoke
 
 run: deps $(BUILD)/authproxy
 	python3 tests/demo/run_demo.py

@@ -42,6 +42,19 @@ static void metrics(struct exchange *ex)
     for (int i = 0; i < 6; i++)
         P("authproxy_requests_total{class=\"%s\"} %llu\n", cls[i],
           (unsigned long long)s->requests_by_class[i]);
+    P("# HELP authproxy_route_requests_total Requests answered, by route and status class.\n");
+    P("# TYPE authproxy_route_requests_total counter\n");
+    for (int r = 0; r < l->n_route_stats && r < ex->cfg->n_routes; r++) {
+        const struct route_config *rc = &ex->cfg->routes[r];
+        for (int i = 0; i < 6; i++) {
+            if (!l->route_stats[r][i]) continue;
+            P("authproxy_route_requests_total{route=\"%d\",match=\"%s%s%s\",class=\"%s\"} "
+              "%llu\n",
+              r, rc->host ? (rc->host_wildcard ? "*" : "") : "", rc->host ? rc->host : "",
+              rc->path_prefix ? rc->path_prefix : "", cls[i],
+              (unsigned long long)l->route_stats[r][i]);
+        }
+    }
     P("# HELP authproxy_upstream_latency_seconds Time from request head to response end.\n");
     P("# TYPE authproxy_upstream_latency_seconds histogram\n");
     uint64_t cum = 0;
@@ -96,7 +109,7 @@ static void refresh(struct exchange *ex, const char *name, size_t len)
 void admin_request(struct exchange *ex)
 {
     struct head *hd = &ex->req;
-    int method = llhttp_get_method(&ex->c->parser);
+    int method = llhttp_get_method(&ex->parser);
     head_analyze(hd);
     const char *u = hd->base + hd->line_off;
     size_t ul = hd->line_len;

@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define BUF_BLOCK (16 * 1024)
+#define BUF_BLOCK (32 * 1024) /* one read of a 16 KiB response with its head */
 
 #ifndef container_of
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))

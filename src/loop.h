@@ -12,6 +12,7 @@
 
 #include "buf.h"
 #include "config.h"
+#include "server.h"
 #include "stats.h"
 
 struct client;
@@ -33,7 +34,10 @@ struct loop {
     struct bufpool pool;
     struct listener *listeners;
     int n_listeners;
-    struct client *clients; /* every open client connection */
+    struct client *clients;             /* every open client connection */
+    struct client_list tlists[T_KINDS]; /* header, idle, linger timeouts: FIFO by deadline */
+    uv_timer_t client_timer;
+    uint64_t client_timer_at; /* 0: not armed */
     int n_clients;
     bool draining;
     struct exchange *free_ex; /* free list of exchanges */
@@ -42,6 +46,8 @@ struct loop {
     int n_hosts;
     char *scratch; /* BUF_BLOCK bytes for TLS ciphertext reads */
     struct stats stats;
+    uint64_t (*route_stats)[6]; /* requests per route of cfg and status class */
+    int n_route_stats;
     struct token_cache *tokens, *tokens_closing;
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t drain_timer;

@@ -38,6 +38,7 @@ static void loop_finish(struct loop *l)
     uv_close((uv_handle_t *)&l->drain_timer, NULL);
     server_stop_listening(l);
     server_close_clients(l, true);
+    uv_close((uv_handle_t *)&l->client_timer, NULL);
     upstream_pool_close_all(l);
     token_revoke_all(l, loop_close_all); /* bounded by limits.drain_ms */
 }
@@ -65,6 +66,16 @@ static void on_stop_signal(uv_signal_t *s, int signum)
     uv_timer_start(&l->drain_timer, on_drain_tick, DRAIN_POLL_MS, DRAIN_POLL_MS);
 }
 
+/* Per-route counters follow the configuration's routes; a reload starts them again. */
+static void route_stats_reset(struct loop *l)
+{
+    free(l->route_stats);
+    l->n_route_stats = 0;
+    l->route_stats =
+        calloc((size_t)(l->cfg->n_routes ? l->cfg->n_routes : 1), sizeof *l->route_stats);
+    if (l->route_stats) l->n_route_stats = l->cfg->n_routes;
+}
+
 static void on_hup(uv_signal_t *s, int signum)
 {
     (void)signum;
@@ -82,6 +93,7 @@ static void on_hup(uv_signal_t *s, int signum)
         return;
     }
     l->cfg = n;
+    route_stats_reset(l);
     log_setup(n->log_level, n->log_format);
     log_info("configuration reloaded from %s", n->path);
     config_unref(old);
@@ -142,13 +154,15 @@ static int run(struct config *cfg)
     if (!l) return 1;
     l->cfg = cfg;
     if (uv_loop_init(&l->uv) < 0) goto out_free;
-    if (bufpool_init(&l->pool, 256) < 0) goto out_loop;
+    if (bufpool_init(&l->pool, 64) < 0) goto out_loop;
     l->scratch = malloc(BUF_BLOCK);
     if (!l->scratch) goto out_pool;
     if (tls_ctx_init(l, cfg->ca_file, err, sizeof err) < 0) {
         fprintf(stderr, "authproxy: %s\n", err);
         goto out_pool;
     }
+    route_stats_reset(l);
+    server_timers_init(l);
     if (token_cache_init(l) < 0) {
         fprintf(stderr, "authproxy: cannot start the token engine\n");
         goto out_tls;
@@ -156,6 +170,7 @@ static int run(struct config *cfg)
     if (server_listen(l, err, sizeof err) < 0) {
         fprintf(stderr, "authproxy: %s\n", err);
         server_stop_listening(l);
+        uv_close((uv_handle_t *)&l->client_timer, NULL);
         token_cache_close(l);
         uv_run(&l->uv, UV_RUN_DEFAULT);
         goto out_tls;
@@ -180,6 +195,7 @@ out_pool:
     proxy_free_list_clear(l);
     free(l->scratch);
     free(l->listeners);
+    free(l->route_stats);
     bufpool_destroy(&l->pool);
 out_loop:
     uv_loop_close(&l->uv);

@@ -337,7 +337,7 @@ static void unavailable(struct mint_result *r, const struct provider_config *p, 
 }
 
 void provider_parse(const struct provider_config *p, enum mint_step step, long status,
-                    const char *body, size_t len, int64_t now_s, struct mint_result *r)
+                    const char *body, size_t len, int64_t now_ms, struct mint_result *r)
 {
     memset(r, 0, sizeof *r);
     r->lifetime_ms = -1;
@@ -409,7 +409,7 @@ void provider_parse(const struct provider_config *p, enum mint_step step, long s
     }
     int64_t exp = jwt_exp(r->access_token);
     if (exp > 0 && (r->lifetime_ms < 0 || p->use_jwt_exp)) {
-        int64_t jl = (exp - now_s) * 1000;
+        int64_t jl = exp * 1000 - now_ms;
         if (jl <= 0) {
             unavailable(r, p, "the token endpoint issued an expired JWT");
             goto out;

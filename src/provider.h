@@ -51,9 +51,9 @@ int provider_build(const struct provider_config *p, enum mint_step step, const c
                    struct token_call *out);
 void token_call_free(struct token_call *c);
 
-/* Reads the endpoint's answer to step. now_s is the current Unix time (for JWT exp). */
+/* Reads the endpoint's answer to step. now_ms is the current Unix time in ms (for JWT exp). */
 void provider_parse(const struct provider_config *p, enum mint_step step, long status,
-                    const char *body, size_t len, int64_t now_s, struct mint_result *out);
+                    const char *body, size_t len, int64_t now_ms, struct mint_result *out);
 void mint_result_free(struct mint_result *r);
 
 /* The exp claim of a JWT (no signature check), or -1 when the token is not a JWT with exp. */

@@ -19,7 +19,8 @@
 #include "server.h"
 #include "upstream.h"
 
-#define FREE_EXCHANGES_MAX 1024
+#define FREE_EXCHANGES_MAX 256
+#define EX_OUT_SIZE 4096 /* head scratch; grows for larger heads, shrinks back after */
 #define AUTHORITY_MAX (HOST_MAX + 8)
 #define REQ_IOV_MAX 48
 
@@ -58,7 +59,7 @@ struct exchange *proxy_exchange_new(struct loop *l, struct client *c)
         ex->hdr_cap = cap;
         ex->req_hdrs = malloc(sizeof(struct hdr) * (size_t)cap);
         ex->resp_hdrs = malloc(sizeof(struct hdr) * (size_t)cap);
-        ex->out_cap = BUF_BLOCK;
+        ex->out_cap = EX_OUT_SIZE;
         ex->out = malloc(ex->out_cap);
         if (!ex->req_hdrs || !ex->resp_hdrs || !ex->out) {
             free(ex->req_hdrs);
@@ -104,12 +105,12 @@ void proxy_exchange_free(struct exchange *ex)
     ex->replay = NULL;
     config_unref(ex->cfg);
     ex->cfg = NULL;
-    if (ex->out_cap > BUF_BLOCK) { /* do not keep a large head buffer around */
-        char *small = malloc(BUF_BLOCK);
+    if (ex->out_cap > EX_OUT_SIZE) { /* do not keep a large head buffer around */
+        char *small = malloc(EX_OUT_SIZE);
         if (small) {
             free(ex->out);
             ex->out = small;
-            ex->out_cap = BUF_BLOCK;
+            ex->out_cap = EX_OUT_SIZE;
         }
     }
     if (l->n_free_ex < FREE_EXCHANGES_MAX) {
@@ -137,6 +138,28 @@ void proxy_free_list_clear(struct loop *l)
         free(ex);
     }
     l->n_free_ex = 0;
+}
+
+void proxy_count(struct loop *l, const struct exchange *ex, int status)
+{
+    int cls = status >= 100 && status < 600 ? status / 100 : 0;
+    l->stats.requests_by_class[cls]++;
+    if (!ex || !ex->route || ex->cfg != l->cfg || !l->route_stats) return;
+    long i = ex->route - ex->cfg->routes;
+    if (i >= 0 && i < l->n_route_stats) l->route_stats[i][cls]++;
+}
+
+/* Appends a string; the hot paths build heads with these rather than printf. */
+static inline size_t put(char *o, const char *s, size_t n)
+{
+    memcpy(o, s, n);
+    return n;
+}
+#define PUT_LIT(o, lit) put((o), (lit), sizeof(lit) - 1)
+
+static size_t put_str(char *o, const char *s)
+{
+    return put(o, s, strlen(s));
 }
 
 static int ensure_out(struct exchange *ex, size_t need)
@@ -203,10 +226,10 @@ void proxy_request(struct exchange *ex)
     const struct config *cfg = ex->cfg;
     char d[HOST_MAX + 96];
 
-    ex->method = (uint8_t)llhttp_get_method(&c->parser);
-    ex->http_minor = llhttp_get_http_minor(&c->parser);
-    ex->client_keep_alive = llhttp_should_keep_alive(&c->parser);
-    if (llhttp_get_http_major(&c->parser) != 1)
+    ex->method = (uint8_t)llhttp_get_method(&ex->parser);
+    ex->http_minor = llhttp_get_http_minor(&ex->parser);
+    ex->client_keep_alive = llhttp_should_keep_alive(&ex->parser);
+    if (llhttp_get_http_major(&ex->parser) != 1)
         return fail(ex, 400, "bad_request", "only HTTP/1.0 and HTTP/1.1 are served");
     if (head_analyze(hd) != HEAD_OK)
         return fail(ex, 400, "bad_request", "a header name or value holds a forbidden character");
@@ -221,7 +244,7 @@ void proxy_request(struct exchange *ex)
     if (hd->n_cl > 1 || (hd->n_cl > 0 && hd->n_te > 0))
         return fail(ex, 400, "bad_request", "conflicting message length headers");
     if (hd->n_host > 1) return fail(ex, 400, "bad_request", "more than one Host header");
-    ex->has_body = hd->n_te > 0 || (hd->n_cl > 0 && c->parser.content_length > 0);
+    ex->has_body = hd->n_te > 0 || (hd->n_cl > 0 && ex->parser.content_length > 0);
 
     const char *url = hd->base + hd->line_off;
     size_t url_len = hd->line_len;
@@ -396,7 +419,8 @@ static int send_head(struct exchange *ex)
                       strlen(ex->cfg->via) + 16;
         if (ensure_out(ex, need) < 0) return -1;
         char *o = ex->out;
-        size_t k = (size_t)sprintf(o, "%s ", method);
+        size_t k = put_str(o, method);
+        o[k++] = ' ';
         memcpy(o + k, base, base_len);
         k += base_len;
         if (path_len == 0 || path[0] != '/') o[k++] = '/';
@@ -430,7 +454,9 @@ static int send_head(struct exchange *ex)
         memcpy(t, "Host: ", 6);
         tl += 6;
         tl += put_authority(ex, t + tl);
-        tl += (size_t)sprintf(t + tl, "\r\nVia: 1.1 %s\r\n", ex->cfg->via);
+        tl += PUT_LIT(t + tl, "\r\nVia: 1.1 ");
+        tl += put_str(t + tl, ex->cfg->via);
+        tl += PUT_LIT(t + tl, "\r\n");
         iov[n++] = uv_buf_init(t, (unsigned)tl);
         if (ex->use_token && save_head(ex, iov, n) < 0) return -1;
     }
@@ -589,7 +615,11 @@ static int build_resp_head(struct exchange *ex)
     if (ensure_out(ex, need) < 0) return -1;
     char *o = ex->out;
     int status = llhttp_get_status_code(&ex->rp);
-    size_t k = (size_t)sprintf(o, "HTTP/1.1 %03d ", status);
+    size_t k = PUT_LIT(o, "HTTP/1.1 ");
+    o[k++] = (char)('0' + status / 100 % 10);
+    o[k++] = (char)('0' + status / 10 % 10);
+    o[k++] = (char)('0' + status % 10);
+    o[k++] = ' ';
     memcpy(o + k, hd->base + hd->line_off, hd->line_len);
     k += hd->line_len;
     memcpy(o + k, "\r\n", 2);
@@ -602,11 +632,13 @@ static int build_resp_head(struct exchange *ex)
         memcpy(o + k, hd->base + h->name_off, len);
         k += len;
     }
-    k += (size_t)sprintf(o + k, "Via: 1.1 %s\r\n", ex->cfg->via);
+    k += PUT_LIT(o + k, "Via: 1.1 ");
+    k += put_str(o + k, ex->cfg->via);
+    k += PUT_LIT(o + k, "\r\n");
     if (client_closes_after(ex))
-        k += (size_t)sprintf(o + k, "Connection: close\r\n");
+        k += PUT_LIT(o + k, "Connection: close\r\n");
     else if (ex->http_minor == 0)
-        k += (size_t)sprintf(o + k, "Connection: keep-alive\r\n");
+        k += PUT_LIT(o + k, "Connection: keep-alive\r\n");
     memcpy(o + k, "\r\n", 2);
     return (int)(k + 2);
 }
@@ -822,8 +854,7 @@ static void maybe_finish(struct exchange *ex)
         }
         ex->up = NULL;
     }
-    int status = llhttp_get_status_code(&ex->rp);
-    l->stats.requests_by_class[status / 100 < 6 ? status / 100 : 0]++;
+    proxy_count(l, ex, llhttp_get_status_code(&ex->rp));
     double secs = (double)(uv_now(&l->uv) - ex->t_start) / 1000.0;
     l->stats.latency_count++;
     l->stats.latency_sum_s += secs;

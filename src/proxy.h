@@ -31,7 +31,8 @@ struct exchange {
     struct config *cfg;
     const struct route_config *route;
     struct upconn *up;
-    llhttp_t rp;
+    llhttp_t parser; /* the request's */
+    llhttp_t rp;     /* the response's */
     struct token_wait tw;
     struct token_result tok;
     struct hdr *req_hdrs, *resp_hdrs;
@@ -66,6 +67,8 @@ struct exchange {
 struct exchange *proxy_exchange_new(struct loop *l, struct client *c);
 void proxy_exchange_free(struct exchange *ex);
 void proxy_free_list_clear(struct loop *l);
+/* Counts a request answered with status (by class, and by route when it has one). */
+void proxy_count(struct loop *l, const struct exchange *ex, int status);
 
 /* The server parsed a request head (c->ex->req); validates, routes and starts the exchange. */
 void proxy_request(struct exchange *ex);

@@ -17,7 +17,12 @@
 #define LISTEN_BACKLOG 1024
 #define ERROR_BODY_MAX 1024
 
-enum { T_NONE, T_HEADER, T_IDLE, T_LINGER };
+/* A write that could not complete at once; owned bytes (our own responses) ride along. */
+struct cwrite {
+    uv_write_t req;
+    struct client *c;
+    char data[];
+};
 
 static void client_process(struct client *c);
 static void client_close(struct client *c);
@@ -46,11 +51,67 @@ static llhttp_settings_t request_settings = {
     .on_message_complete = on_message_complete,
 };
 
-/* ---- timers ---- */
+/* ---- timeouts ----
+ * Every client waiting on a timeout sits on one of three FIFO lists (header, idle, linger).
+ * Each list has one duration, so its head expires first; one loop timer is armed for the
+ * earliest head. Setting a timeout is O(1) and allocates nothing. */
 
-static void on_timer(uv_timer_t *t)
+static uint64_t timeout_ms(struct loop *l, int kind)
 {
-    struct client *c = t->data;
+    switch (kind) {
+    case T_HEADER:
+        return (uint64_t)l->cfg->limits.header_timeout_ms;
+    case T_IDLE:
+        return (uint64_t)l->cfg->limits.idle_timeout_ms;
+    default:
+        return LINGER_MS;
+    }
+}
+
+static void tlist_clear(struct client *c)
+{
+    if (c->tlist == T_NONE) return;
+    struct client_list *ls = &c->loop->tlists[c->tlist];
+    if (c->t_prev)
+        c->t_prev->t_next = c->t_next;
+    else
+        ls->head = c->t_next;
+    if (c->t_next)
+        c->t_next->t_prev = c->t_prev;
+    else
+        ls->tail = c->t_prev;
+    c->t_prev = c->t_next = NULL;
+    c->tlist = T_NONE;
+}
+
+static void on_client_timer(uv_timer_t *t);
+
+static void arm(struct loop *l, uint64_t at)
+{
+    if (l->client_timer_at && l->client_timer_at <= at) return;
+    uint64_t now = uv_now(&l->uv);
+    l->client_timer_at = at;
+    uv_timer_start(&l->client_timer, on_client_timer, at > now ? at - now : 0, 0);
+}
+
+static void timer_set(struct client *c, int kind)
+{
+    tlist_clear(c);
+    struct loop *l = c->loop;
+    struct client_list *ls = &l->tlists[kind];
+    c->deadline = uv_now(&l->uv) + timeout_ms(l, kind);
+    c->tlist = (uint8_t)kind;
+    c->t_prev = ls->tail;
+    if (ls->tail)
+        ls->tail->t_next = c;
+    else
+        ls->head = c;
+    ls->tail = c;
+    arm(l, c->deadline);
+}
+
+static void on_timeout(struct client *c)
+{
     switch (c->state) {
     case C_HEAD:
         if (c->ex)
@@ -67,9 +128,27 @@ static void on_timer(uv_timer_t *t)
     }
 }
 
-static void timer_set(struct client *c, uint64_t ms)
+static void on_client_timer(uv_timer_t *t)
 {
-    uv_timer_start(&c->timer, on_timer, ms, 0);
+    struct loop *l = t->data;
+    uint64_t now = uv_now(&l->uv), next = 0;
+    l->client_timer_at = 0;
+    for (int k = T_HEADER; k < T_KINDS; k++) {
+        struct client *c;
+        /* a reload may change a duration: a list is then briefly out of order, never lost */
+        while ((c = l->tlists[k].head) && c->deadline <= now) {
+            tlist_clear(c);
+            on_timeout(c);
+        }
+        if (c && (!next || c->deadline < next)) next = c->deadline;
+    }
+    if (next) arm(l, next);
+}
+
+void server_timers_init(struct loop *l)
+{
+    uv_timer_init(&l->uv, &l->client_timer);
+    l->client_timer.data = l;
 }
 
 /* ---- reading ---- */
@@ -127,7 +206,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (c->state == C_CLOSING) return; /* lingering: discard */
     if (c->state == C_HEAD && !c->ex)  /* first bytes of a request */
-        timer_set(c, (uint64_t)c->loop->cfg->limits.header_timeout_ms);
+        timer_set(c, T_HEADER);
     c->in.len += (uint32_t)nread;
     client_process(c);
 }
@@ -162,13 +241,14 @@ static void parse_head(struct client *c)
             client_close(c);
             return;
         }
-        c->parser.data = &c->ex->req;
+        llhttp_init(&c->ex->parser, HTTP_REQUEST, &request_settings);
+        c->ex->parser.data = &c->ex->req;
         head_reset(&c->ex->req, c->in.off);
     }
     struct head *hd = &c->ex->req;
     hd->base = c->in.base;
     const char *start = c->in.base + c->in.off;
-    enum llhttp_errno e = llhttp_execute(&c->parser, start, c->in.len - c->in.off);
+    enum llhttp_errno e = llhttp_execute(&c->ex->parser, start, c->in.len - c->in.off);
     if (e == HPE_OK) {
         c->in.off = c->in.len;
         uint32_t used = c->in.len - hd->start;
@@ -194,14 +274,14 @@ static void parse_head(struct client *c)
         head_failed(c, e);
         return;
     }
-    c->in.off = (uint32_t)(llhttp_get_error_pos(&c->parser) - c->in.base);
-    llhttp_resume(&c->parser);
+    c->in.off = (uint32_t)(llhttp_get_error_pos(&c->ex->parser) - c->in.base);
+    llhttp_resume(&c->ex->parser);
     hd->end = c->in.off;
     if (hd->end - hd->start - hd->line_len > (uint32_t)c->loop->cfg->limits.max_header_bytes) {
         client_error(c, 431, "headers_too_large", "the request head is too large", NULL, 0);
         return;
     }
-    uv_timer_stop(&c->timer);
+    tlist_clear(c);
     c->fwd = c->in.off;
     c->state = C_BODY;
     if (c->admin)
@@ -216,15 +296,13 @@ static void parse_body(struct client *c)
     if (!c->ex) return;
     c->ex->req.base = c->in.base;
     const char *start = c->in.base + c->in.off;
-    enum llhttp_errno e = llhttp_execute(&c->parser, start, c->in.len - c->in.off);
+    llhttp_t *p = &c->ex->parser;
+    enum llhttp_errno e = llhttp_execute(p, start, c->in.len - c->in.off);
     if (e == HPE_OK) {
         c->in.off = c->in.len;
     } else if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
-        c->in.off = (uint32_t)(llhttp_get_error_pos(&c->parser) - c->in.base);
-        if (e == HPE_PAUSED)
-            llhttp_resume(&c->parser);
-        else
-            llhttp_reset(&c->parser);
+        c->in.off = (uint32_t)(llhttp_get_error_pos(p) - c->in.base);
+        llhttp_resume(p); /* the next request gets a parser of its own */
         c->state = C_DONE;
         c->ex->req_complete = true;
     } else {
@@ -272,22 +350,46 @@ void client_body_taken(struct client *c)
 
 /* ---- writing ---- */
 
+static void shutdown_write(struct client *c);
+
 static void on_written(uv_write_t *req, int status)
 {
-    struct client *c = container_of(req, struct client, wreq);
+    struct cwrite *w = container_of(req, struct cwrite, req);
+    struct client *c = w->c;
+    free(w);
     c->write_pending = false;
-    free(c->resp_buf);
-    c->resp_buf = NULL;
     if (c->state == C_CLOSED) return;
     if (status < 0) {
         client_close(c);
         return;
     }
     if (c->state == C_CLOSING) {
-        uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, NULL);
+        shutdown_write(c);
         return;
     }
     if (c->ex) proxy_client_drained(c->ex);
+}
+
+/* Queues bufs (the part uv_try_write left), or a copy of own when given. */
+static int queue_write(struct client *c, const uv_buf_t *bufs, unsigned n, const char *own,
+                       size_t own_len)
+{
+    struct cwrite *w = malloc(sizeof *w + own_len);
+    if (!w) return -1;
+    w->c = c;
+    uv_buf_t b;
+    if (own) {
+        memcpy(w->data, own, own_len);
+        b = uv_buf_init(w->data, (unsigned)own_len);
+        bufs = &b;
+        n = 1;
+    }
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, n, on_written) < 0) {
+        free(w);
+        return -1;
+    }
+    c->write_pending = true;
+    return 1;
 }
 
 int client_write(struct client *c, const uv_buf_t *bufs, unsigned n)
@@ -308,18 +410,26 @@ int client_write(struct client *c, const uv_buf_t *bufs, unsigned n)
         done = 0;
     }
     if (k == 0) return 0;
-    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, rest, k, on_written) < 0) return -1;
-    c->write_pending = true;
-    return 1;
+    return queue_write(c, rest, k, NULL, 0);
 }
 
 /* ---- ending ---- */
 
 static void on_client_closed(uv_handle_t *h)
 {
-    struct client *c = h->data;
-    if (--c->handles_open > 0) return;
-    free(c);
+    free(h->data);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    (void)status;
+    free(req);
+}
+
+static void shutdown_write(struct client *c)
+{
+    uv_shutdown_t *req = malloc(sizeof *req);
+    if (req && uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) < 0) free(req);
 }
 
 static void accept_pending(struct loop *l);
@@ -339,8 +449,8 @@ static void client_close(struct client *c)
     if (l->clients == c) l->clients = c->next;
     l->n_clients--;
     l->stats.open_connections--;
+    tlist_clear(c);
     uv_close((uv_handle_t *)&c->tcp, on_client_closed);
-    uv_close((uv_handle_t *)&c->timer, on_client_closed);
     accept_pending(l);
 }
 
@@ -353,7 +463,7 @@ void client_abort(struct client *c)
     }
     if (c->write_pending) { /* let what was relayed go out, then close */
         c->state = C_CLOSING;
-        timer_set(c, LINGER_MS);
+        timer_set(c, T_LINGER);
         return;
     }
     client_close(c);
@@ -364,8 +474,8 @@ void client_abort(struct client *c)
 static void linger(struct client *c)
 {
     c->state = C_CLOSING;
-    timer_set(c, LINGER_MS);
-    if (!c->write_pending) uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, NULL);
+    timer_set(c, T_LINGER);
+    if (!c->write_pending) shutdown_write(c);
     read_update(c);
 }
 
@@ -388,11 +498,11 @@ void client_exchange_done(struct client *c, bool keep)
     if (c->in.off == c->in.len) {
         inbuf_free(&c->in, &c->loop->pool);
         c->fwd = 0;
-        timer_set(c, (uint64_t)c->loop->cfg->limits.idle_timeout_ms);
+        timer_set(c, T_IDLE);
     } else {
         inbuf_shift(&c->in, c->in.off);
         c->fwd = 0;
-        timer_set(c, (uint64_t)c->loop->cfg->limits.header_timeout_ms);
+        timer_set(c, T_HEADER);
     }
     client_process(c);
 }
@@ -456,11 +566,11 @@ void client_respond(struct client *c, int status, const char *ctype, const char 
                     size_t body_len, int retry_after_s)
 {
     if (c->state == C_CLOSED || c->state == C_CLOSING) return;
+    proxy_count(c->loop, c->ex, status);
     if (c->ex) {
         proxy_exchange_free(c->ex);
         c->ex = NULL;
     }
-    c->loop->stats.requests_by_class[status / 100 < 6 ? status / 100 : 0]++;
     char head[256];
     int hl = snprintf(head, sizeof head,
                       "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
@@ -469,32 +579,37 @@ void client_respond(struct client *c, int status, const char *ctype, const char 
     if (retry_after_s > 0)
         hl += snprintf(head + hl, sizeof head - (size_t)hl, "Retry-After: %d\r\n", retry_after_s);
     hl += snprintf(head + hl, sizeof head - (size_t)hl, "\r\n");
-    /* Copied: the write may outlive the caller's buffers. */
+    /* What uv_try_write leaves is copied: the write may outlive the caller's buffers. */
+    uv_buf_t b[2] = {uv_buf_init(head, (unsigned)hl),
+                     uv_buf_init((char *)body, (unsigned)body_len)};
     size_t total = (size_t)hl + body_len;
-    char *copy = malloc(total);
-    if (!copy) {
-        client_close(c);
-        return;
-    }
-    memcpy(copy, head, (size_t)hl);
-    memcpy(copy + hl, body, body_len);
-    uv_buf_t b = uv_buf_init(copy, (unsigned)total);
-    int w = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    int w = uv_try_write((uv_stream_t *)&c->tcp, b, 2);
     if (w < 0 && w != UV_EAGAIN) {
-        free(copy);
         client_close(c);
         return;
     }
-    if ((size_t)(w > 0 ? w : 0) < total) {
-        size_t done = w > 0 ? (size_t)w : 0;
-        memmove(copy, copy + done, total - done);
-        b = uv_buf_init(copy, (unsigned)(total - done));
-        if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_written) == 0) {
-            c->write_pending = true;
-            c->resp_buf = copy; /* freed by on_written */
+    size_t done = w > 0 ? (size_t)w : 0;
+    if (done < total) {
+        char *rest = malloc(total - done);
+        if (!rest) {
+            client_close(c);
+            return;
+        }
+        size_t k = 0;
+        for (int i = 0; i < 2; i++) {
+            size_t skip = done > b[i].len ? b[i].len : done;
+            memcpy(rest + k, b[i].base + skip, b[i].len - skip);
+            k += b[i].len - skip;
+            done -= skip;
+        }
+        int q = queue_write(c, NULL, 0, rest, k);
+        free(rest);
+        if (q < 0) {
+            client_close(c);
+            return;
         }
     }
-    if (!c->write_pending) free(copy);
+
     linger(c);
 }
 
@@ -525,25 +640,22 @@ static void accept_one(struct listener *ls)
     if (!c) return;
     uv_tcp_init(&l->uv, &c->tcp);
     if (uv_accept((uv_stream_t *)&ls->tcp, (uv_stream_t *)&c->tcp) < 0) {
-        c->handles_open = 1;
         c->tcp.data = c;
         uv_close((uv_handle_t *)&c->tcp, on_client_closed);
         return;
     }
-    uv_timer_init(&l->uv, &c->timer);
-    c->tcp.data = c->timer.data = c;
-    c->handles_open = 2;
+    c->tcp.data = c;
     c->loop = l;
     c->admin = ls->admin;
     c->state = C_HEAD;
-    llhttp_init(&c->parser, HTTP_REQUEST, &request_settings);
+
     uv_tcp_nodelay(&c->tcp, 1);
     c->next = l->clients;
     if (l->clients) l->clients->prev = c;
     l->clients = c;
     l->n_clients++;
     l->stats.open_connections++;
-    timer_set(c, (uint64_t)l->cfg->limits.header_timeout_ms);
+    timer_set(c, T_HEADER);
     read_update(c);
 }
 

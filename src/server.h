@@ -24,24 +24,29 @@ enum client_state {
     C_CLOSED,
 };
 
+/* Kept small: an idle keep-alive connection costs this struct and nothing else (no buffer, no
+ * parser, no timer handle: timeouts are per-loop lists, see loop.h). */
 struct client {
     uv_tcp_t tcp;
-    uv_timer_t timer;
     struct loop *loop;
-    struct client *prev, *next; /* loop's list, for draining */
-    llhttp_t parser;
+    struct client *prev, *next;     /* loop's list of every client, for draining */
+    struct client *t_prev, *t_next; /* the timeout list it is on (tlist) */
+    uint64_t deadline;
     struct inbuf in; /* [fwd, off) parsed body bytes not yet forwarded */
     uint32_t fwd;
     struct exchange *ex;
-    uint8_t state;
+    uint8_t state, tlist;
     bool reading, eof, in_process, again, write_pending, admin;
-    uv_write_t wreq;
-    char *resp_buf; /* a response of our own being written */
-    uv_shutdown_t sreq;
-    int handles_open;
+};
+
+enum client_timeout { T_NONE, T_HEADER, T_IDLE, T_LINGER, T_KINDS };
+
+struct client_list {
+    struct client *head, *tail;
 };
 
 int server_listen(struct loop *l, char *err, size_t errlen);
+void server_timers_init(struct loop *l);
 void server_stop_listening(struct loop *l);
 /* Closes idle keep-alive connections (drain); with force, every connection. */
 void server_close_clients(struct loop *l, bool force);

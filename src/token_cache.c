@@ -90,20 +90,19 @@ void token_put(struct token *t)
     free(t);
 }
 
-static uint64_t margin(const struct token *t)
+/* A token this close to the end of a window (lifetime or idle) is not sent any more: a quarter
+ * of the window, at most EXPIRY_MARGIN_MS. */
+static uint64_t margin(uint64_t window_ms)
 {
-    uint64_t life = t->expires_ms - t->minted_ms;
-    return life / 4 < EXPIRY_MARGIN_MS ? life / 4 : EXPIRY_MARGIN_MS;
+    return window_ms / 4 < EXPIRY_MARGIN_MS ? window_ms / 4 : EXPIRY_MARGIN_MS;
 }
 
 static bool live(const struct token_slot *s, const struct token *t, uint64_t now)
 {
     if (!t) return false;
-    uint64_t m = margin(t);
-    if (now + m >= t->expires_ms) return false;
-    if (s->p->idle_timeout_s > 0 &&
-        now + m >= t->last_use_ms + (uint64_t)s->p->idle_timeout_s * 1000)
-        return false;
+    if (now + margin(t->expires_ms - t->minted_ms) >= t->expires_ms) return false;
+    uint64_t idle = (uint64_t)s->p->idle_timeout_s * 1000;
+    if (idle && now + margin(idle) >= t->last_use_ms + idle) return false;
     return true;
 }
 
@@ -302,7 +301,10 @@ static void fetch_done(struct fetch *fe)
         return mint_failed(s, 503, "token_unavailable", d, retry);
     }
     struct mint_result mr;
-    provider_parse(p, s->step, fe->status, fe->body, fe->len, (int64_t)time(NULL), &mr);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t wall = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    provider_parse(p, s->step, fe->status, fe->body, fe->len, wall, &mr);
     int retry = fe->retry_after_s;
     fetch_reset(fe);
     enum mint_step step = s->step;

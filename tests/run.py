@@ -203,6 +203,22 @@ def one(mod, name):
     return 0
 
 
+def run_bench_smoke():
+    """bench/run.sh --smoke: every contender starts and answers 2xx (no timing is judged)."""
+    try:
+        r = subprocess.run([os.path.join(ROOT, "bench", "run.sh"), "--smoke"], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=180)
+    except subprocess.TimeoutExpired:
+        say("FAIL bench/smoke: timed out after 180 s")
+        return 0, 1
+    out = r.stdout.decode("utf-8", "replace").strip().splitlines()
+    if r.returncode == 0 and out and out[-1].strip() == "smoke: ok":
+        say("ok   bench/smoke")
+        return 1, 0
+    say("FAIL bench/smoke (exit %d): %s" % (r.returncode, " | ".join(out[-6:])[-600:]))
+    return 0, 1
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--one", nargs=2, metavar=("MODULE", "TEST"))
@@ -210,6 +226,7 @@ def main():
     ap.add_argument("--release-only", action="store_true")
     ap.add_argument("--asan-only", action="store_true")
     ap.add_argument("--no-unit", action="store_true")
+    ap.add_argument("--no-bench", action="store_true", help="skip the benchmark smoke run")
     ap.add_argument("-v", action="store_true", help="print the output of failing tests")
     a = ap.parse_args()
     if a.one:
@@ -277,6 +294,10 @@ def main():
                 else:
                     failed += 1
                     say("FAIL %s (%.1fs): %s" % (label, dt, why))
+        if not (a.filter or a.no_bench or a.asan_only):
+            p, f = run_bench_smoke()
+            passed += p
+            failed += f
         if tmp and failed:
             say("logs of the failing e2e tests: %s" % tmp)
         elif tmp:

@@ -55,7 +55,7 @@ TEST(epc_basic_auth_form_and_201)
     struct mint_result r;
     const char *ok = "{\"access_token\": \"5zs6RdBtEHRFFbhziXMxmsZKtWtn\", \"token_type\": "
                      "\"Bearer\", \"expires_in\": 7200}";
-    provider_parse(p, STEP_GRANT, 201, ok, strlen(ok), 1000, &r);
+    provider_parse(p, STEP_GRANT, 201, ok, strlen(ok), 1000000, &r);
     CHECK_EQ_INT(r.kind, MINT_OK);
     CHECK_STR(r.access_token, "5zs6RdBtEHRFFbhziXMxmsZKtWtn");
     CHECK_EQ_INT(r.lifetime_ms, 7200000);
@@ -183,9 +183,9 @@ TEST(enable_form_registration_id_and_jwt_exp)
     const char *jwt = "{\"access_token\": \"eyJhbGciOiJub25lIn0.eyJleHAiOjIwMDB9.c2ln\", "
                       "\"token_type\": \"Bearer\"}";
     struct mint_result r;
-    provider_parse(p, STEP_GRANT, 200, jwt, strlen(jwt), 1000, &r);
+    provider_parse(p, STEP_GRANT, 200, jwt, strlen(jwt), 1000500, &r);
     CHECK_EQ_INT(r.kind, MINT_OK);
-    CHECK_EQ_INT(r.lifetime_ms, 1000000); /* exp 2000 - now 1000 */
+    CHECK_EQ_INT(r.lifetime_ms, 999500); /* exp 2000 s - now 1000.5 s */
     mint_result_free(&r);
     CHECK_EQ_INT(jwt_exp("eyJhbGciOiJub25lIn0.eyJleHAiOjIwMDB9.c2ln"), 2000);
     CHECK_EQ_INT(jwt_exp("opaque-token"), -1);
