@@ -12,8 +12,8 @@
 
 #include "buf.h"
 #include "config.h"
-#include "server.h"
 #include "stats.h"
+#include "timeouts.h"
 
 struct client;
 struct exchange;
@@ -34,10 +34,8 @@ struct loop {
     struct bufpool pool;
     struct listener *listeners;
     int n_listeners;
-    struct client *clients;             /* every open client connection */
-    struct client_list tlists[T_KINDS]; /* header, idle, linger timeouts: FIFO by deadline */
-    uv_timer_t client_timer;
-    uint64_t client_timer_at; /* 0: not armed */
+    struct client *clients; /* every open client connection */
+    struct timeouts to;     /* every connection timeout of this loop */
     int n_clients;
     bool draining;
     struct exchange *free_ex; /* free list of exchanges */

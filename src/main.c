@@ -38,8 +38,8 @@ static void loop_finish(struct loop *l)
     uv_close((uv_handle_t *)&l->drain_timer, NULL);
     server_stop_listening(l);
     server_close_clients(l, true);
-    uv_close((uv_handle_t *)&l->client_timer, NULL);
     upstream_pool_close_all(l);
+    timeouts_close(l);
     token_revoke_all(l, loop_close_all); /* bounded by limits.drain_ms */
 }
 
@@ -162,7 +162,9 @@ static int run(struct config *cfg)
         goto out_pool;
     }
     route_stats_reset(l);
+    timeouts_init(l);
     server_timers_init(l);
+    upstream_timers_init(l);
     if (token_cache_init(l) < 0) {
         fprintf(stderr, "authproxy: cannot start the token engine\n");
         goto out_tls;
@@ -170,7 +172,7 @@ static int run(struct config *cfg)
     if (server_listen(l, err, sizeof err) < 0) {
         fprintf(stderr, "authproxy: %s\n", err);
         server_stop_listening(l);
-        uv_close((uv_handle_t *)&l->client_timer, NULL);
+        timeouts_close(l);
         token_cache_close(l);
         uv_run(&l->uv, UV_RUN_DEFAULT);
         goto out_tls;

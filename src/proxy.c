@@ -498,7 +498,7 @@ static void up_ready(void *arg, struct upconn *up, int err)
         ex->up = NULL;
         return fail_upstream(ex, UP_UNAVAILABLE);
     }
-    upconn_timeout(up, (uint64_t)ex->cfg->limits.upstream_timeout_ms);
+    upconn_timeout(up, true);
     upconn_read(up, true);
     if (!ex->up_write_pending && ex->has_body) client_body_taken(ex->c);
 }

@@ -13,7 +13,6 @@
 #include "loop.h"
 #include "proxy.h"
 
-#define LINGER_MS 2000 /* after a final response, input is discarded this long at most */
 #define LISTEN_BACKLOG 1024
 #define ERROR_BODY_MAX 1024
 
@@ -51,67 +50,21 @@ static llhttp_settings_t request_settings = {
     .on_message_complete = on_message_complete,
 };
 
-/* ---- timeouts ----
- * Every client waiting on a timeout sits on one of three FIFO lists (header, idle, linger).
- * Each list has one duration, so its head expires first; one loop timer is armed for the
- * earliest head. Setting a timeout is O(1) and allocates nothing. */
+/* ---- timeouts (timeouts.h) ---- */
 
-static uint64_t timeout_ms(struct loop *l, int kind)
+static void timer_set(struct client *c, int kind)
 {
-    switch (kind) {
-    case T_HEADER:
-        return (uint64_t)l->cfg->limits.header_timeout_ms;
-    case T_IDLE:
-        return (uint64_t)l->cfg->limits.idle_timeout_ms;
-    default:
-        return LINGER_MS;
-    }
+    timeout_set(c->loop, &c->to, kind);
 }
 
 static void tlist_clear(struct client *c)
 {
-    if (c->tlist == T_NONE) return;
-    struct client_list *ls = &c->loop->tlists[c->tlist];
-    if (c->t_prev)
-        c->t_prev->t_next = c->t_next;
-    else
-        ls->head = c->t_next;
-    if (c->t_next)
-        c->t_next->t_prev = c->t_prev;
-    else
-        ls->tail = c->t_prev;
-    c->t_prev = c->t_next = NULL;
-    c->tlist = T_NONE;
+    timeout_clear(c->loop, &c->to);
 }
 
-static void on_client_timer(uv_timer_t *t);
-
-static void arm(struct loop *l, uint64_t at)
+static void on_timeout(struct tnode *n)
 {
-    if (l->client_timer_at && l->client_timer_at <= at) return;
-    uint64_t now = uv_now(&l->uv);
-    l->client_timer_at = at;
-    uv_timer_start(&l->client_timer, on_client_timer, at > now ? at - now : 0, 0);
-}
-
-static void timer_set(struct client *c, int kind)
-{
-    tlist_clear(c);
-    struct loop *l = c->loop;
-    struct client_list *ls = &l->tlists[kind];
-    c->deadline = uv_now(&l->uv) + timeout_ms(l, kind);
-    c->tlist = (uint8_t)kind;
-    c->t_prev = ls->tail;
-    if (ls->tail)
-        ls->tail->t_next = c;
-    else
-        ls->head = c;
-    ls->tail = c;
-    arm(l, c->deadline);
-}
-
-static void on_timeout(struct client *c)
-{
+    struct client *c = container_of(n, struct client, to);
     switch (c->state) {
     case C_HEAD:
         if (c->ex)
@@ -128,27 +81,9 @@ static void on_timeout(struct client *c)
     }
 }
 
-static void on_client_timer(uv_timer_t *t)
-{
-    struct loop *l = t->data;
-    uint64_t now = uv_now(&l->uv), next = 0;
-    l->client_timer_at = 0;
-    for (int k = T_HEADER; k < T_KINDS; k++) {
-        struct client *c;
-        /* a reload may change a duration: a list is then briefly out of order, never lost */
-        while ((c = l->tlists[k].head) && c->deadline <= now) {
-            tlist_clear(c);
-            on_timeout(c);
-        }
-        if (c && (!next || c->deadline < next)) next = c->deadline;
-    }
-    if (next) arm(l, next);
-}
-
 void server_timers_init(struct loop *l)
 {
-    uv_timer_init(&l->uv, &l->client_timer);
-    l->client_timer.data = l;
+    l->to.fire[TO_HEADER] = l->to.fire[TO_IDLE] = l->to.fire[TO_LINGER] = on_timeout;
 }
 
 /* ---- reading ---- */
@@ -206,7 +141,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (c->state == C_CLOSING) return; /* lingering: discard */
     if (c->state == C_HEAD && !c->ex)  /* first bytes of a request */
-        timer_set(c, T_HEADER);
+        timer_set(c, TO_HEADER);
     c->in.len += (uint32_t)nread;
     client_process(c);
 }
@@ -463,7 +398,7 @@ void client_abort(struct client *c)
     }
     if (c->write_pending) { /* let what was relayed go out, then close */
         c->state = C_CLOSING;
-        timer_set(c, T_LINGER);
+        timer_set(c, TO_LINGER);
         return;
     }
     client_close(c);
@@ -474,7 +409,7 @@ void client_abort(struct client *c)
 static void linger(struct client *c)
 {
     c->state = C_CLOSING;
-    timer_set(c, T_LINGER);
+    timer_set(c, TO_LINGER);
     if (!c->write_pending) shutdown_write(c);
     read_update(c);
 }
@@ -498,11 +433,11 @@ void client_exchange_done(struct client *c, bool keep)
     if (c->in.off == c->in.len) {
         inbuf_free(&c->in, &c->loop->pool);
         c->fwd = 0;
-        timer_set(c, T_IDLE);
+        timer_set(c, TO_IDLE);
     } else {
         inbuf_shift(&c->in, c->in.off);
         c->fwd = 0;
-        timer_set(c, T_HEADER);
+        timer_set(c, TO_HEADER);
     }
     client_process(c);
 }
@@ -655,7 +590,7 @@ static void accept_one(struct listener *ls)
     l->clients = c;
     l->n_clients++;
     l->stats.open_connections++;
-    timer_set(c, T_HEADER);
+    timer_set(c, TO_HEADER);
     read_update(c);
 }
 

@@ -12,6 +12,7 @@
 #include <uv.h>
 
 #include "buf.h"
+#include "timeouts.h"
 
 struct loop;
 struct exchange;
@@ -25,24 +26,17 @@ enum client_state {
 };
 
 /* Kept small: an idle keep-alive connection costs this struct and nothing else (no buffer, no
- * parser, no timer handle: timeouts are per-loop lists, see loop.h). */
+ * parser, no timer handle: timeouts are per-loop lists, see timeouts.h). */
 struct client {
     uv_tcp_t tcp;
     struct loop *loop;
-    struct client *prev, *next;     /* loop's list of every client, for draining */
-    struct client *t_prev, *t_next; /* the timeout list it is on (tlist) */
-    uint64_t deadline;
-    struct inbuf in; /* [fwd, off) parsed body bytes not yet forwarded */
+    struct client *prev, *next; /* loop's list of every client, for draining */
+    struct tnode to;            /* header, idle or linger timeout */
+    struct inbuf in;            /* [fwd, off) parsed body bytes not yet forwarded */
     uint32_t fwd;
     struct exchange *ex;
-    uint8_t state, tlist;
+    uint8_t state;
     bool reading, eof, in_process, again, write_pending, admin;
-};
-
-enum client_timeout { T_NONE, T_HEADER, T_IDLE, T_LINGER, T_KINDS };
-
-struct client_list {
-    struct client *head, *tail;
 };
 
 int server_listen(struct loop *l, char *err, size_t errlen);

@@ -18,8 +18,7 @@
 #include "log.h"
 #include "loop.h"
 
-#define UPSTREAM_IDLE_MS 30000 /* an idle pooled connection is closed after this */
-#define UPSTREAM_IDLE_MAX 256  /* idle connections kept per host */
+#define UPSTREAM_IDLE_MAX 256 /* idle connections kept per host */
 #define UPSTREAM_DNS_TTL_MS 30000
 #define UPSTREAM_HOSTS_MAX 1024 /* pool keys kept; least recently added idle-less ones go */
 
@@ -87,7 +86,6 @@ static void host_free(struct upstream_host *h)
 static void on_handle_closed(uv_handle_t *hd)
 {
     struct upconn *c = hd->data;
-    if (--c->handles_open > 0) return;
     inbuf_free(&c->in, &c->loop->pool);
     if (c->ssl) SSL_free(c->ssl); /* frees both BIOs */
     free(c);
@@ -112,8 +110,8 @@ void upconn_close(struct upconn *c)
     if (c->state == UC_IDLE) idle_unlink(c);
     c->state = UC_CLOSING;
     c->ops = NULL;
+    timeout_clear(c->loop, &c->to);
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
-    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
 }
 
 /* Tells the owner and closes. */
@@ -131,9 +129,9 @@ static void conn_fail(struct upconn *c, int err)
         ops->closed(arg, c, err);
 }
 
-static void on_timer(uv_timer_t *t)
+static void on_timer(struct tnode *n)
 {
-    struct upconn *c = t->data;
+    struct upconn *c = container_of(n, struct upconn, to);
     if (c->state == UC_IDLE) {
         upconn_close(c);
         return;
@@ -143,13 +141,17 @@ static void on_timer(uv_timer_t *t)
     conn_fail(c, UP_TIMEOUT);
 }
 
-void upconn_timeout(struct upconn *c, uint64_t ms)
+void upconn_timeout(struct upconn *c, bool on)
 {
-    c->timeout_ms = ms;
-    if (ms)
-        uv_timer_start(&c->timer, on_timer, ms, 0);
+    if (on)
+        timeout_set(c->loop, &c->to, TO_RESPONSE);
     else
-        uv_timer_stop(&c->timer);
+        timeout_clear(c->loop, &c->to);
+}
+
+void upstream_timers_init(struct loop *l)
+{
+    l->to.fire[TO_CONNECT] = l->to.fire[TO_RESPONSE] = l->to.fire[TO_POOL] = on_timer;
 }
 
 /* ---- reading ---- */
@@ -235,7 +237,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         conn_fail(c, UP_UNAVAILABLE);
         return;
     }
-    if (c->timeout_ms && c->state == UC_ACTIVE) uv_timer_again(&c->timer);
+    if (c->to.kind == TO_RESPONSE) timeout_set(c->loop, &c->to, TO_RESPONSE); /* input came */
     if (c->ssl) {
         if (BIO_write(c->rbio, buf->base, (int)nread) != nread) {
             conn_fail(c, UP_UNAVAILABLE);
@@ -369,7 +371,7 @@ int upconn_write(struct upconn *c, const uv_buf_t *bufs, unsigned n)
 static void ready(struct upconn *c)
 {
     c->state = UC_ACTIVE;
-    uv_timer_stop(&c->timer);
+    timeout_clear(c->loop, &c->to);
     c->loop->stats.upstream_connects++;
     if (c->ops) c->ops->ready(c->arg, c, UP_OK);
 }
@@ -551,7 +553,7 @@ int upstream_acquire(struct loop *l, bool tls, const char *name, int port, bool 
         c->reused = true;
         c->ops = ops;
         c->arg = arg;
-        uv_timer_stop(&c->timer);
+        timeout_clear(l, &c->to);
         l->stats.upstream_reuses++;
         *out = c;
         return 1;
@@ -563,12 +565,10 @@ int upstream_acquire(struct loop *l, bool tls, const char *name, int port, bool 
     c->ops = ops;
     c->arg = arg;
     uv_tcp_init(&l->uv, &c->tcp);
-    uv_timer_init(&l->uv, &c->timer);
-    c->tcp.data = c->timer.data = c;
-    c->handles_open = 2;
+    c->tcp.data = c;
     c->state = UC_RESOLVING;
     *out = c;
-    uv_timer_start(&c->timer, on_timer, (uint64_t)l->cfg->limits.upstream_connect_timeout_ms, 0);
+    timeout_set(l, &c->to, TO_CONNECT);
     if (resolve(c) < 0) {
         upconn_close(c);
         return UP_UNAVAILABLE;
@@ -589,7 +589,6 @@ void upconn_release(struct upconn *c)
     c->ops = NULL;
     c->arg = NULL;
     c->state = UC_IDLE;
-    c->timeout_ms = 0;
     c->idle_next = h->idle;
     h->idle = c;
     h->n_idle++;
@@ -597,7 +596,7 @@ void upconn_release(struct upconn *c)
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
         c->reading = true;
     }
-    uv_timer_start(&c->timer, on_timer, UPSTREAM_IDLE_MS, 0);
+    timeout_set(c->loop, &c->to, TO_POOL);
 }
 
 void upstream_pool_close_all(struct loop *l)

@@ -13,6 +13,7 @@
 
 #include "buf.h"
 #include "config.h"
+#include "timeouts.h"
 
 struct loop;
 struct upconn;
@@ -44,7 +45,7 @@ struct upstream_host {
 
 struct upconn {
     uv_tcp_t tcp;
-    uv_timer_t timer;
+    struct tnode to; /* connect, response or pool-idle timeout */
     struct loop *loop;
     struct upstream_host *host;
     SSL *ssl;
@@ -56,8 +57,6 @@ struct upconn {
     struct upconn *idle_next;
     const struct upconn_ops *ops;
     void *arg;
-    uint64_t timeout_ms;
-    int handles_open;
 };
 
 /* Gets a connection for the caller: an idle pooled one (returns 1, ready now) unless fresh, or
@@ -67,8 +66,9 @@ int upstream_acquire(struct loop *l, bool tls, const char *host, int port, bool 
 /* Writes plaintext. 0: all written; 1: pending (ops->drained later); <0: error. */
 int upconn_write(struct upconn *c, const uv_buf_t *bufs, unsigned n);
 void upconn_read(struct upconn *c, bool on);
-/* Response timer: ops->closed(UP_TIMEOUT) after ms without input. 0 stops it. */
-void upconn_timeout(struct upconn *c, uint64_t ms);
+/* Response timeout: ops->closed(UP_TIMEOUT) after limits.upstream_timeout_ms without input. */
+void upconn_timeout(struct upconn *c, bool on);
+void upstream_timers_init(struct loop *l);
 void upconn_release(struct upconn *c);
 void upconn_close(struct upconn *c);
 void upstream_pool_close_all(struct loop *l);
