@@ -87,3 +87,18 @@ bool inbuf_release_if_empty(struct inbuf *b, struct bufpool *p)
     inbuf_free(b, p);
     return true;
 }
+
+int iov_rest(const uv_buf_t *bufs, unsigned n, size_t done, uv_buf_t *rest)
+{
+    int k = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (done >= bufs[i].len) {
+            done -= bufs[i].len;
+            continue;
+        }
+        if (k == IOV_REST_MAX) return -1;
+        rest[k++] = uv_buf_init(bufs[i].base + done, (unsigned)(bufs[i].len - done));
+        done = 0;
+    }
+    return k;
+}

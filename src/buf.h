@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <uv.h>
 
 #define BUF_BLOCK (32 * 1024) /* one read of a 16 KiB response with its head */
 
@@ -42,5 +43,10 @@ void inbuf_shift(struct inbuf *b, uint32_t from);
 /* Gives the block back when nothing is pending; returns true if released. */
 bool inbuf_release_if_empty(struct inbuf *b, struct bufpool *p);
 void inbuf_free(struct inbuf *b, struct bufpool *p);
+
+#define IOV_REST_MAX 64
+/* After a partial write of `done` bytes of bufs: the unwritten rest as slices into rest
+ * (IOV_REST_MAX entries). Returns their number (0: all written), or -1 when too many. */
+int iov_rest(const uv_buf_t *bufs, unsigned n, size_t done, uv_buf_t *rest);
 
 #endif

@@ -332,20 +332,10 @@ int client_write(struct client *c, const uv_buf_t *bufs, unsigned n)
     if (c->state == C_CLOSED || c->write_pending) return -1;
     int w = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
     if (w < 0 && w != UV_EAGAIN) return -1;
-    size_t done = w > 0 ? (size_t)w : 0;
-    uv_buf_t rest[64];
-    unsigned k = 0;
-    for (unsigned i = 0; i < n; i++) {
-        if (done >= bufs[i].len) {
-            done -= bufs[i].len;
-            continue;
-        }
-        if (k == sizeof rest / sizeof rest[0]) return -1;
-        rest[k++] = uv_buf_init(bufs[i].base + done, (unsigned)(bufs[i].len - done));
-        done = 0;
-    }
-    if (k == 0) return 0;
-    return queue_write(c, rest, k, NULL, 0);
+    uv_buf_t rest[IOV_REST_MAX];
+    int k = iov_rest(bufs, n, w > 0 ? (size_t)w : 0, rest);
+    if (k <= 0) return k;
+    return queue_write(c, rest, (unsigned)k, NULL, 0);
 }
 
 /* ---- ending ---- */

@@ -342,23 +342,13 @@ int upconn_write(struct upconn *c, const uv_buf_t *bufs, unsigned n)
     }
     int w = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
     if (w < 0 && w != UV_EAGAIN) return -1;
-    size_t done = w > 0 ? (size_t)w : 0;
-    uv_buf_t rest[64];
-    unsigned k = 0;
-    for (unsigned i = 0; i < n; i++) {
-        if (done >= bufs[i].len) {
-            done -= bufs[i].len;
-            continue;
-        }
-        if (k == sizeof rest / sizeof rest[0]) return -1;
-        rest[k++] = uv_buf_init(bufs[i].base + done, (unsigned)(bufs[i].len - done));
-        done = 0;
-    }
-    if (k == 0) return 0;
+    uv_buf_t rest[IOV_REST_MAX];
+    int k = iov_rest(bufs, n, w > 0 ? (size_t)w : 0, rest);
+    if (k <= 0) return k;
     struct conn_req *r = malloc(sizeof *r);
     if (!r) return -1;
     r->c = c;
-    if (uv_write(&r->write, (uv_stream_t *)&c->tcp, rest, k, on_plain_written) < 0) {
+    if (uv_write(&r->write, (uv_stream_t *)&c->tcp, rest, (unsigned)k, on_plain_written) < 0) {
         free(r);
         return -1;
     }

@@ -194,3 +194,34 @@ def test_check_non_loopback_listen_needs_allow_remote():
     cfg["allow_remote"] = True
     r = run_cli(["-c", write_config(cfg), "--check"])
     assert r.returncode == 0, "allow_remote: true still refused: %r" % r.stderr
+
+
+def test_shipped_configurations_check_and_never_print_secrets():
+    """Every file in conf/ validates: with its variables unset the providers are disabled (and
+    --check names the variable); with them set every provider is enabled, and no value that is a
+    secret appears in the output."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    confdir = os.path.join(root, "conf")
+    files = sorted(f for f in os.listdir(confdir) if f.endswith(".json"))
+    assert {"authproxy.json", "epc.json", "eptura.json", "enable.json"} <= set(files), files
+    names = ("DEMO_CLIENT_ID", "DEMO_CLIENT_SECRET", "EPC_CLIENT_ID", "EPC_CLIENT_SECRET",
+             "EPTURA_SITE", "EPTURA_CLIENT_ID", "EPTURA_USER", "EPTURA_PASSWORD",
+             "ENABLE_CLIENT_ID", "ENABLE_CLIENT_SECRET", "ENABLE_REGISTRATION_ID")
+    secrets = {n: "s3cr3t-%s-value" % n.lower().replace("_", "-") for n in names}
+    secrets["EPTURA_SITE"] = "https://site.example"
+    for f in files:
+        path = os.path.join(confdir, f)
+        if any(n in os.environ for n in names):
+            continue  # someone exported the real variables: only the second half applies
+        r = run_cli(["-c", path, "--check"])
+        assert r.returncode == 0, "%s: --check exit %d: %s" % (f, r.returncode, r.stderr)
+        out = r.stdout + r.stderr
+        assert "disabled" in out and "is not set" in out, "%s: unset variables: %r" % (f, out)
+        r = run_cli(["-c", path, "--check"], env=secrets)
+        out = r.stdout + r.stderr
+        assert r.returncode == 0, "%s with variables: exit %d: %s" % (f, r.returncode, out)
+        assert "disabled" not in out, "%s: a provider stays disabled: %r" % (f, out)
+        for n, v in secrets.items():
+            if n in ("EPTURA_SITE",):
+                continue
+            assert v not in out, "%s: --check printed %s" % (f, n)
