@@ -4,7 +4,7 @@ PKGS    := libuv libcjson libcurl openssl
 LLHTTP  := /usr/share/llhttp
 BUILD   := build
 WARN    := -Wall -Wextra -Werror
-CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -g $(WARN) -I/usr/share/include/llhttp -Isrc \
+CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -DLLHTTP_STRICT_MODE=1 -g $(WARN) -I/usr/share/include/llhttp -Isrc \
               $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS  = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread
 OPT     := -O2
@@ -42,7 +42,7 @@ deps-bench: deps
 # llhttp's generated C is compiled as shipped, without our warning flags.
 $(BUILD)/%/llhttp.a: $(LLSRCS) | deps
 	@mkdir -p $(BUILD)/$*/ll
-	@echo "CC llhttp ($*)"; cd $(BUILD)/$*/ll && $(CC) -c -std=c11 $(if $(filter asan,$*),$(SAN) -O1,$(OPT)) -g \
+	@echo "CC llhttp ($*, strict)"; cd $(BUILD)/$*/ll && $(CC) -c -std=c11 -DLLHTTP_STRICT_MODE=1 $(if $(filter asan,$*),$(SAN) -O1,$(OPT)) -g \
 	  -I/usr/share/include/llhttp $(LLSRCS)
 	@ar rcs $@ $(BUILD)/$*/ll/*.o
 

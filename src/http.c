@@ -35,7 +35,6 @@ void head_reset(struct head *hd, uint32_t start)
     hd->host_idx = hd->auth_idx = -1;
     hd->conn_close = hd->conn_keep_alive = hd->expect_continue = false;
     hd->te_chunked_last = false;
-    hd->n_conn_tokens = 0;
 }
 
 /* Span callbacks may be called several times for one element when it arrives split over reads;
@@ -166,14 +165,23 @@ static void list_each(struct head *hd, struct hdr *h,
 
 static void conn_token(struct head *hd, const char *t, uint32_t off, uint32_t len)
 {
+    (void)off;
     if (len == 5 && ascii_ieq(t, "close", 5))
         hd->conn_close = true;
     else if (len == 10 && ascii_ieq(t, "keep-alive", 10))
         hd->conn_keep_alive = true;
-    else if (hd->n_conn_tokens < CONN_TOKENS_MAX) {
-        hd->conn_tokens[hd->n_conn_tokens].off = off;
-        hd->conn_tokens[hd->n_conn_tokens].len = len;
-        hd->n_conn_tokens++;
+}
+
+/* A header named by Connection is hop-by-hop too, except the ones that frame the message:
+ * dropping Content-Length or Transfer-Encoding while passing the body on would let the next
+ * hop read the body as another message (request smuggling). */
+static void conn_hop(struct head *hd, const char *t, uint32_t off, uint32_t len)
+{
+    (void)off;
+    for (int i = 0; i < hd->n; i++) {
+        struct hdr *h = &hd->h[i];
+        if (h->kind == H_CONTENT_LENGTH || h->kind == H_TRANSFER_ENCODING) continue;
+        if (h->name_len == len && ascii_ieq(hdr_name(hd, h), t, len)) h->hop = 1;
     }
 }
 
@@ -243,15 +251,9 @@ int head_analyze(struct head *hd)
             break;
         }
     }
-    /* headers named by Connection are hop-by-hop too */
-    for (int t = 0; t < hd->n_conn_tokens; t++) {
-        const char *tok = hd->base + hd->conn_tokens[t].off;
-        uint32_t tl = hd->conn_tokens[t].len;
-        for (int i = 0; i < hd->n; i++) {
-            struct hdr *h = &hd->h[i];
-            if (h->name_len == tl && ascii_ieq(hdr_name(hd, h), tok, tl)) h->hop = 1;
-        }
-    }
+    for (int i = 0; i < hd->n; i++) /* however many names Connection lists */
+        if (hd->h[i].kind == H_CONNECTION || hd->h[i].kind == H_PROXY_CONNECTION)
+            list_each(hd, &hd->h[i], conn_hop);
     return HEAD_OK;
 }
 

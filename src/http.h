@@ -13,7 +13,6 @@
 #include <stdint.h>
 
 #define REQUEST_LINE_MAX 8192
-#define CONN_TOKENS_MAX 8
 
 enum hdr_kind {
     H_OTHER,
@@ -62,10 +61,6 @@ struct head {
     int host_idx, auth_idx;
     bool conn_close, conn_keep_alive, expect_continue;
     bool te_chunked_last; /* the last Transfer-Encoding coding is chunked */
-    int n_conn_tokens;
-    struct {
-        uint32_t off, len;
-    } conn_tokens[CONN_TOKENS_MAX];
 };
 
 /* llhttp callbacks that fill the head; parser->data must point at a struct whose first member

@@ -415,8 +415,19 @@ static int send_head(struct exchange *ex)
         const char *base = r->has_upstream ? r->upstream.path : "";
         size_t base_len = strlen(base);
         const char *method = llhttp_method_name((llhttp_method_t)ex->method);
+        /* kept header lines go out as slices of the client's buffer, one per run of adjacent
+         * lines; a head with more runs than iovecs is copied into out instead */
+        int runs = 0;
+        uint32_t prev_end = 0;
+        for (int i = 0; i < hd->n; i++) {
+            const struct hdr *h = &hd->h[i];
+            if (h->hop || (h->kind == H_AUTHORIZATION && ex->use_token)) continue;
+            if (!prev_end || prev_end != h->name_off) runs++;
+            prev_end = h->line_end;
+        }
+        bool copy = runs > REQ_IOV_MAX - 8;
         size_t need = strlen(method) + base_len + path_len + 16 + AUTHORITY_MAX + 32 +
-                      strlen(ex->cfg->via) + 16;
+                      strlen(ex->cfg->via) + 16 + (copy ? hd->end - hd->start : 0);
         if (ensure_out(ex, need) < 0) return -1;
         char *o = ex->out;
         size_t k = put_str(o, method);
@@ -434,19 +445,20 @@ static int send_head(struct exchange *ex)
         uint32_t run_start = 0, run_end = 0;
         for (int i = 0; i < hd->n; i++) {
             const struct hdr *h = &hd->h[i];
-            bool keep = !h->hop && !(h->kind == H_AUTHORIZATION && ex->use_token);
-            if (!keep) continue;
+            if (h->hop || (h->kind == H_AUTHORIZATION && ex->use_token)) continue;
+            if (copy) {
+                k += put(o + k, hd->base + h->name_off, h->line_end - h->name_off);
+                continue;
+            }
             if (run_end && run_end == h->name_off) {
                 run_end = h->line_end;
                 continue;
             }
-            if (run_end) {
-                if (n >= REQ_IOV_MAX - 5) return -1;
-                iov[n++] = uv_buf_init((char *)hd->base + run_start, run_end - run_start);
-            }
+            if (run_end) iov[n++] = uv_buf_init((char *)hd->base + run_start, run_end - run_start);
             run_start = h->name_off;
             run_end = h->line_end;
         }
+        if (copy) iov[0].len = (unsigned)k; /* the request line and the copied lines */
         if (run_end) iov[n++] = uv_buf_init((char *)hd->base + run_start, run_end - run_start);
 
         char *t = o + k;
@@ -560,7 +572,7 @@ static int resp_on_headers_complete(llhttp_t *p)
     struct exchange *ex = ex_of_resp(p);
     ex->resp_head_ready = true;
     int status = llhttp_get_status_code(p);
-    if (status >= 100 && status < 200) return HPE_PAUSED;
+    if (status >= 100 && status < 200) return 1; /* interim: never a body; paused once complete */
     if (ex->method == HTTP_HEAD || status == 204 || status == 304) {
         ex->resp_is_head = true;
         return 1; /* no body follows, whatever the headers say */
@@ -585,7 +597,7 @@ static int resp_on_message_complete(llhttp_t *p)
 {
     struct exchange *ex = ex_of_resp(p);
     int status = llhttp_get_status_code(p);
-    if (status >= 100 && status < 200) return 0;
+    if (status >= 100 && status < 200) return HPE_PAUSED; /* relay it before the next one */
     ex->resp_done = true;
     return HPE_PAUSED;
 }
@@ -607,14 +619,18 @@ static bool client_closes_after(const struct exchange *ex)
 }
 
 /* Builds the client's response head into ex->out. Returns its length or -1. */
-static int build_resp_head(struct exchange *ex)
+static int build_resp_head(struct exchange *ex, bool interim)
 {
     struct head *hd = &ex->resp;
-    if (head_analyze(hd) != HEAD_OK) return -1;
+    int status = llhttp_get_status_code(&ex->rp);
+    if (status < 100 || status > 599 || head_analyze(hd) != HEAD_OK) return -1;
+    for (uint32_t i = 0; i < hd->line_len; i++) { /* reason-phrase: HTAB, SP, VCHAR, obs-text */
+        unsigned char ch = (unsigned char)hd->base[hd->line_off + i];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f) return -1;
+    }
     size_t need = 32 + hd->line_len + (hd->end - hd->start) + strlen(ex->cfg->via) + 64;
     if (ensure_out(ex, need) < 0) return -1;
     char *o = ex->out;
-    int status = llhttp_get_status_code(&ex->rp);
     size_t k = PUT_LIT(o, "HTTP/1.1 ");
     o[k++] = (char)('0' + status / 100 % 10);
     o[k++] = (char)('0' + status / 10 % 10);
@@ -628,9 +644,14 @@ static int build_resp_head(struct exchange *ex)
         const struct hdr *h = &hd->h[i];
         if (h->hop) continue;
         if (ex->resp_dechunk && h->kind == H_TRANSFER_ENCODING) continue;
+        if (interim && (h->kind == H_TRANSFER_ENCODING || h->kind == H_CONTENT_LENGTH)) continue;
         uint32_t len = h->line_end - h->name_off;
         memcpy(o + k, hd->base + h->name_off, len);
         k += len;
+    }
+    if (interim) { /* 1xx: no body, no framing, no connection management */
+        memcpy(o + k, "\r\n", 2);
+        return (int)(k + 2);
     }
     k += PUT_LIT(o + k, "Via: 1.1 ");
     k += put_str(o + k, ex->cfg->via);
@@ -648,6 +669,10 @@ static void resp_fail(struct exchange *ex, int err)
     if (ex->up) {
         upconn_close(ex->up);
         ex->up = NULL;
+    }
+    if (ex->head_out) { /* the head was never written: the client can still get a 502 */
+        ex->head_out = 0;
+        ex->resp_started = false;
     }
     if (ex->resp_started) return client_abort(ex->c);
     fail_upstream(ex, err);
@@ -739,13 +764,14 @@ static void resp_process(struct exchange *ex)
                 llhttp_resume(&ex->rp);
                 ex->resp_kick = true;
                 if (status == 101) continue; /* never passed on: no upgrades */
-                int w = relay(ex, NULL, 0, ex->resp.start, pos);
-                if (w < 0) return client_abort(ex->c);
+                int hl = build_resp_head(ex, true);
+                if (hl < 0) return resp_fail(ex, UP_UNAVAILABLE);
+                if (relay(ex, ex->out, (size_t)hl, 0, 0) < 0) return client_abort(ex->c);
                 continue;
             }
             if (status == 401 && ex->use_token && !ex->replayed && !ex->replay_overflow)
                 return replay_401(ex);
-            int hl = build_resp_head(ex);
+            int hl = build_resp_head(ex, false);
             if (hl < 0) return resp_fail(ex, UP_UNAVAILABLE);
             ex->resp_started = true;
             if (e == HPE_PAUSED && !ex->resp_done) {

@@ -402,6 +402,15 @@ class Conn:
             time.sleep(0.05)
             body = b"after early hints"
             self.send_response(200, [("Content-Length", str(len(body)))] + extra, body, head_only)
+        elif path == "/conn_cl":  # names its own Content-Length in Connection
+            self.sock.sendall(b"HTTP/1.1 200 OK\r\nConnection: Content-Length\r\n"
+                              b"Content-Length: 5\r\n\r\nhello")
+        elif path == "/interim_body":  # a 100 that claims a body, then the real answer
+            self.sock.sendall(b"HTTP/1.1 100 Continue\r\nContent-Length: 5\r\n\r\n"
+                              b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
+        elif path == "/status000":
+            self.sock.sendall(b"HTTP/1.1 000 Zero\r\nContent-Length: 0\r\n\r\n")
+            return False
         elif path == "/garbage":
             self.sock.sendall(b"THIS IS NOT HTTP\r\n\r\n")
             return False

@@ -184,3 +184,63 @@ def test_400_negative_content_length():
 def test_400_nul_and_space_in_target():
     refused("GET http://plain.test/ec\x00ho HTTP/1.1\r\nHost: plain.test\r\n\r\n")
     refused("GET http://plain.test/a b HTTP/1.1\r\nHost: plain.test\r\n\r\n")
+
+
+def test_400_bad_chunk_terminator():
+    # llhttp in strict mode: chunk data must end with CRLF (else "3\r\nabcXX0..." slips through)
+    refused("POST http://plain.test/upload HTTP/1.1\r\nHost: plain.test\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n3\r\nabcXX0\r\n\r\n")
+
+
+def test_connection_cannot_hide_the_message_length():
+    """Connection naming Content-Length / Transfer-Encoding must not strip the framing header
+    while the body is passed on: the upstream would read the body as a second request."""
+    smuggled = "GET /SMUGGLED HTTP/1.1\r\nHost: x\r\n\r\n"
+    chunked = "%x\r\n%s\r\n0\r\n\r\n" % (len(smuggled), smuggled)
+    for framing, body in (("Content-Length: %d" % len(smuggled), smuggled),
+                          ("Transfer-Encoding: chunked", chunked)):
+        name = framing.split(":")[0]
+        with proxied() as (up, px):
+            with Conn(px.port) as c:
+                c.send("POST http://plain.test/upload HTTP/1.1\r\nHost: plain.test\r\n"
+                       "Connection: %s\r\n%s\r\n\r\n%s" % (name, framing, body))
+                r = c.read_response()
+                assert r is not None and r.status == 200, "%s: %r" % (name, r)
+                assert r.json()["body_length"] == len(smuggled), "%s: %r" % (name, r.json())
+            time.sleep(0.2)
+            targets = up.stats()["targets"]
+            assert not any("SMUGGLED" in t for t in targets), "%s smuggled: %r" % (name, targets)
+
+
+def test_many_hop_by_hop_headers_between_kept_ones():
+    """More separate runs of kept header lines than the head has iovecs for: copied, not 502."""
+    lines = "".join("X-Keep-%d: v%d\r\nKeep-Alive: 1\r\n" % (i, i) for i in range(45))
+    with proxied() as (up, px):
+        with Conn(px.port) as c:
+            c.send("GET http://plain.test/echo HTTP/1.1\r\nHost: plain.test\r\n%s\r\n" % lines)
+            r = c.read_response()
+            assert r is not None and r.status == 200, "%r" % r
+            got = [k for k, v in r.json()["headers"] if k.startswith("X-Keep-")]
+            assert len(got) == 45, "upstream got %d of 45 kept headers" % len(got)
+            assert not any(k.lower() == "keep-alive" for k, v in r.json()["headers"])
+
+
+def test_response_framing_survives_connection_header_and_bad_status():
+    with proxied() as (up, px):
+        with Conn(px.port) as c:
+            c.send("GET http://plain.test/conn_cl HTTP/1.1\r\nHost: plain.test\r\n\r\n")
+            r = c.read_response()
+            assert r is not None and r.status == 200 and r.body == b"hello", "%r" % r
+            assert r.header("content-length") == "5", "framing header dropped: %r" % r.headers
+        with Conn(px.port) as c:
+            # a 100 claiming a body reaches the client as a bare interim response
+            c.send("GET http://plain.test/interim_body HTTP/1.1\r\nHost: plain.test\r\n\r\n")
+            r = c.read_response(keep_interim=True)
+            assert r is not None and r.status == 100, "%r" % r
+            assert not any(k.lower() == "content-length" for k, v in r.headers), r.headers
+            r = c.read_response()
+            assert r is not None and r.status == 200 and r.body == b"real", "%r" % r
+        with Conn(px.port) as c:
+            c.send("GET http://plain.test/status000 HTTP/1.1\r\nHost: plain.test\r\n\r\n")
+            r = c.read_response()
+            assert_error(r, 502, "upstream_unavailable")
