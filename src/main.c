@@ -1,6 +1,7 @@
 /* main.c - command line, process set-up, signals (reload, drain), the loop's life.
  *
  * Owns the one struct loop of this process and the configuration reference it holds. */
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 
 #define AUTHPROXY_VERSION "0.1.0"
 #define DRAIN_POLL_MS 50
+#define BUFPOOL_KEEP 512 /* I/O blocks kept for reuse (16 MiB at most) */
 
 static const char usage[] =
     "usage: authproxy [-c FILE] [--strict]         run (default FILE: " CONFIG_DEFAULT_PATH ")\n"
@@ -154,7 +156,7 @@ static int run(struct config *cfg)
     if (!l) return 1;
     l->cfg = cfg;
     if (uv_loop_init(&l->uv) < 0) goto out_free;
-    if (bufpool_init(&l->pool, 64) < 0) goto out_loop;
+    if (bufpool_init(&l->pool, BUFPOOL_KEEP) < 0) goto out_loop;
     l->scratch = malloc(BUF_BLOCK);
     if (!l->scratch) goto out_pool;
     if (tls_ctx_init(l, cfg->ca_file, err, sizeof err) < 0) {
@@ -233,6 +235,9 @@ int main(int argc, char **argv)
         }
     }
     signal(SIGPIPE, SIG_IGN);
+    /* I/O blocks (BUF_BLOCK) come from the loop's pool; those beyond it are mapped and unmapped
+     * on their own, so a burst leaves no holes in the heap that keep memory resident. */
+    mallopt(M_MMAP_THRESHOLD, BUF_BLOCK);
     char err[CONFIG_ERR_MAX];
     struct config *cfg = config_load(path, strict, stderr, err);
     if (!cfg) {
