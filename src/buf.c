@@ -80,14 +80,6 @@ void inbuf_free(struct inbuf *b, struct bufpool *p)
     b->cap = b->len = b->off = 0;
 }
 
-bool inbuf_release_if_empty(struct inbuf *b, struct bufpool *p)
-{
-    if (!b->base) return true;
-    if (b->off != b->len) return false;
-    inbuf_free(b, p);
-    return true;
-}
-
 int iov_rest(const uv_buf_t *bufs, unsigned n, size_t done, uv_buf_t *rest)
 {
     int k = 0;

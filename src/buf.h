@@ -40,8 +40,7 @@ int inbuf_ensure(struct inbuf *b, struct bufpool *p);
 int inbuf_grow(struct inbuf *b, struct bufpool *p, uint32_t want);
 /* Moves [from, len) to the start; callers adjust their own offsets by -from. */
 void inbuf_shift(struct inbuf *b, uint32_t from);
-/* Gives the block back when nothing is pending; returns true if released. */
-bool inbuf_release_if_empty(struct inbuf *b, struct bufpool *p);
+
 void inbuf_free(struct inbuf *b, struct bufpool *p);
 
 #define IOV_REST_MAX 64

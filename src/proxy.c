@@ -574,7 +574,6 @@ static int resp_on_headers_complete(llhttp_t *p)
     int status = llhttp_get_status_code(p);
     if (status >= 100 && status < 200) return 1; /* interim: never a body; paused once complete */
     if (ex->method == HTTP_HEAD || status == 204 || status == 304) {
-        ex->resp_is_head = true;
         return 1; /* no body follows, whatever the headers say */
     }
     ex->resp_close_delimited = llhttp_message_needs_eof(p);
@@ -714,7 +713,7 @@ static void replay_401(struct exchange *ex)
     ex->replayed = true;
     ex->head_sent = false;
     ex->resp_head_ready = ex->resp_done = ex->resp_close_delimited = false;
-    ex->resp_dechunk = ex->resp_is_head = ex->resp_kick = false;
+    ex->resp_dechunk = ex->resp_kick = false;
     ex->tw.cb = on_token;
     ex->state = EX_TOKEN;
     if (token_get(l, ex->cfg, ex->route->provider, &ex->tw, &ex->tok) == 0) return;
@@ -891,9 +890,4 @@ static void maybe_finish(struct exchange *ex)
         }
     ex->state = EX_DONE;
     client_exchange_done(c, keep);
-}
-
-void proxy_abort(struct exchange *ex)
-{
-    client_abort(ex->c);
 }

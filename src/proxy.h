@@ -49,7 +49,7 @@ struct exchange {
     bool origin_form, has_body, req_complete, client_keep_alive;
     bool use_token, head_sent, up_write_pending, client_write_pending;
     bool resp_head_ready, resp_started, resp_done, resp_dechunk, resp_close_delimited;
-    bool retried, resp_is_head, resp_kick;
+    bool retried, resp_kick;
     bool replayed, replay_overflow;
     uint32_t resp_w;    /* dechunk: write cursor in the upstream buffer */
     uint32_t resp_mark; /* start of response bytes not yet written to the client */
@@ -76,7 +76,5 @@ void proxy_request(struct exchange *ex);
 void proxy_client_data(struct exchange *ex);
 /* A pending write to the client completed. */
 void proxy_client_drained(struct exchange *ex);
-/* The client went away: drop everything. */
-void proxy_abort(struct exchange *ex);
 
 #endif

@@ -256,7 +256,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 void upconn_read(struct upconn *c, bool on)
 {
     if (c->state == UC_CLOSING) return;
-    c->want_read = on;
+
     if (on && !c->reading) {
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
         c->reading = true;

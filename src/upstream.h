@@ -52,7 +52,7 @@ struct upconn {
     BIO *rbio, *wbio;
     struct inbuf in; /* plaintext received */
     uint8_t state;
-    bool reused, reading, want_read, eof;
+    bool reused, reading, eof;
     int writes_pending;
     struct upconn *idle_next;
     const struct upconn_ops *ops;
