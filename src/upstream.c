@@ -20,7 +20,7 @@
 
 #define UPSTREAM_IDLE_MAX 256 /* idle connections kept per host */
 #define UPSTREAM_DNS_TTL_MS 30000
-#define UPSTREAM_HOSTS_MAX 1024 /* pool keys kept; least recently added idle-less ones go */
+#define UPSTREAM_HOSTS_MAX 1024 /* pool keys kept; beyond, the least recently used unused go */
 
 enum { UC_RESOLVING, UC_CONNECTING, UC_HANDSHAKE, UC_ACTIVE, UC_IDLE, UC_CLOSING };
 
@@ -48,6 +48,22 @@ static uint64_t now_ms(struct loop *l)
 
 /* ---- hosts ---- */
 
+static void host_free(struct upstream_host *h);
+
+/* Wildcard routes make the set of hosts open-ended: past UPSTREAM_HOSTS_MAX keys, the least
+ * recently used key without connections goes (its DNS answer and TLS session with it). */
+static void hosts_trim(struct loop *l)
+{
+    struct upstream_host **victim = NULL;
+    for (struct upstream_host **pp = &l->hosts; *pp; pp = &(*pp)->next)
+        if ((*pp)->conns == 0) victim = pp;
+    if (!victim) return;
+    struct upstream_host *h = *victim;
+    *victim = h->next;
+    host_free(h);
+    l->n_hosts--;
+}
+
 static struct upstream_host *host_get(struct loop *l, bool tls, const char *name, int port)
 {
     struct upstream_host **pp = &l->hosts;
@@ -59,6 +75,7 @@ static struct upstream_host *host_get(struct loop *l, bool tls, const char *name
             return h;
         }
     }
+    if (l->n_hosts >= UPSTREAM_HOSTS_MAX) hosts_trim(l);
     struct upstream_host *h = calloc(1, sizeof *h);
     if (!h) return NULL;
     h->host = strdup(name);
@@ -109,6 +126,7 @@ void upconn_close(struct upconn *c)
     if (c->state == UC_CLOSING) return;
     if (c->state == UC_IDLE) idle_unlink(c);
     c->state = UC_CLOSING;
+    c->host->conns--;
     c->ops = NULL;
     timeout_clear(c->loop, &c->to);
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
@@ -552,6 +570,7 @@ int upstream_acquire(struct loop *l, bool tls, const char *name, int port, bool 
     if (!c) return UP_UNAVAILABLE;
     c->loop = l;
     c->host = h;
+    h->conns++;
     c->ops = ops;
     c->arg = arg;
     uv_tcp_init(&l->uv, &c->tcp);

@@ -39,6 +39,7 @@ struct upstream_host {
     SSL_SESSION *session;
     struct upconn *idle; /* LIFO of idle connections */
     int n_idle;
+    int conns; /* open connections (idle or in use) that point here */
     struct sockaddr_storage addr;
     uint64_t addr_expiry_ms; /* 0: not resolved */
 };
