@@ -23,12 +23,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ALL_CONTENDERS = ["direct", "nginx", "haproxy", "floor", "authproxy"]
+ALL_EXTRAS = ["idle", "big", "burst", "replay", "slowmint"]
 # row name -> (mode, path, label)
 ROWS = {
     "rev64": ("reverse", "/64", "reverse 64 B"),
@@ -37,6 +39,9 @@ ROWS = {
     "fwd16k": ("forward", "/16k", "forward 16 KiB"),
 }
 FWD_HOST = "bench.local"
+SLOW_HOST = "slow.local"  # the slowmint measurement's route (provider `slow`)
+SLOW_TTL_MS = 3600000     # provider `slow` reads expires_in in ms: 1 h outside the measurement
+SLOWMINT_TARGET = 1.10    # p99 during a slow mint / p99 without, at most
 
 
 def say(*a):
@@ -511,7 +516,7 @@ backend fwd
 """ % {"port": port, "bport": bport, "token": token, "maxconn": maxconn, "fwd": FWD_HOST}
 
 
-def authproxy_conf(port, admin_port, bport, token_port, provisional):
+def authproxy_conf(port, admin_port, bport, token_port, slow_token_port, provisional):
     up = "http://127.0.0.1:%d" % bport
     if provisional:  # no provider: the client (wrk) sends the header, authproxy keeps it
         extra = {"client_authorization": "keep"}
@@ -519,6 +524,13 @@ def authproxy_conf(port, admin_port, bport, token_port, provisional):
         extra = {"provider": "bench"}
     routes = [dict({"host": FWD_HOST, "upstream": up, "allow_plaintext": True}, **extra),
               dict({"path_prefix": "/", "upstream": up, "allow_plaintext": True}, **extra)]
+    if not provisional:
+        # slowmint's route, last: after the catch-all `path_prefix: /` (which matches origin-form
+        # requests only), so only absolute-form requests `GET http://slow.local/...` reach it and
+        # the main table's requests match the same routes, in the same number of steps, as without
+        # it.
+        routes.append({"host": SLOW_HOST, "upstream": up, "allow_plaintext": True,
+                       "provider": "slow"})
     conf = {
         "listen": ["127.0.0.1:%d" % port],
         "workers": 1,
@@ -529,6 +541,11 @@ def authproxy_conf(port, admin_port, bport, token_port, provisional):
             "token_url": "http://127.0.0.1:%d/token" % token_port,
             "client_id": "bench",
             "client_secret": "${BENCH_SECRET}",
+        }, "slow": {  # its own token endpoint; slowmint makes its mints take 2 s
+            "token_url": "http://127.0.0.1:%d/token" % slow_token_port,
+            "client_id": "bench-slow",
+            "client_secret": "${BENCH_SECRET}",
+            "expires_in_unit": "ms",  # lets slowmint hand out 1 ms tokens (see slow_mint)
         }},
         "routes": routes,
     }
@@ -596,13 +613,17 @@ class Bench:
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.nofile = nofile
         cc, pc = a.client_cpu, a.proxy_cpu
-        tp, bp, np_, hp, fp, ap, aap = pick_ports(7)
-        self.ports = {"token": tp, "backend": bp, "direct": bp, "nginx": np_, "haproxy": hp,
-                      "floor": fp, "authproxy": ap, "authproxy-admin": aap}
+        tp, stp, bp, np_, hp, fp, ap, aap = pick_ports(8)
+        self.ports = {"token": tp, "token-slow": stp, "backend": bp, "direct": bp, "nginx": np_,
+                      "haproxy": hp, "floor": fp, "authproxy": ap, "authproxy-admin": aap}
 
-        # mock token endpoint (outside every measured process)
+        # mock token endpoints (outside every measured process): provider `bench`, and provider
+        # `slow` (slowmint; same token, expires_in in ms)
         self.start("token", [sys.executable, os.path.join(BENCH, "token_endpoint.py"),
                              "--token", self.token, "--port", str(tp)], cpu=cc, port=tp)
+        self.start("token-slow", [sys.executable, os.path.join(BENCH, "token_endpoint.py"),
+                                  "--token", self.token, "--expires-in", str(SLOW_TTL_MS),
+                                  "--port", str(stp)], cpu=cc, port=stp)
         # backend
         bconf = os.path.join(self.tmp, "backend.conf")
         with open(bconf, "w") as f:
@@ -628,7 +649,7 @@ class Bench:
             else:
                 conf = os.path.join(self.tmp, "authproxy.json")
                 with open(conf, "w") as f:
-                    f.write(authproxy_conf(ap, aap, bp, tp, a.provisional))
+                    f.write(authproxy_conf(ap, aap, bp, tp, stp, a.provisional))
                 argv = [self.ap_bin, "-c", conf]
             self.start(c, argv, cpu=pc, port=self.ports[c],
                        env=dict(os.environ, BENCH_SECRET="bench-secret-" + secrets.token_hex(8)))
@@ -703,7 +724,8 @@ class Bench:
             if self.background_pct() < self.a.quiet_pct:
                 return
 
-    def wrk(self, c, row, conns, dur, rnd):
+    def wrk(self, c, row, conns, dur, rnd, keep=True):
+        """One wrk run; keep=False: not one of the main table's runs (not added to self.runs)."""
         mode, path, _ = ROWS[row]
         a = self.a
         if a.quiet_wait > 0:
@@ -756,7 +778,8 @@ class Bench:
                                         if v - met0.get(k, 0)}
         if proc and not proc.alive():
             run["error"] = "%s exited during the run:\n%s" % (c, proc.log_tail())
-        self.runs.append(run)
+        if keep:
+            self.runs.append(run)
         return run
 
     def ap_metrics(self):
@@ -957,15 +980,18 @@ class Bench:
                        "" if r["complete"] else "  INCOMPLETE"))
         self.extras["big"] = res
 
-    def token_ctl(self, obj):
-        st, body = one_request(self.ports["token"], build_request(
+    def token_ctl(self, obj, name="token"):
+        st, body = one_request(self.ports[name], build_request(
             "/control", "127.0.0.1", [("Content-Type", "application/json")], "POST",
             len(json.dumps(obj))) + json.dumps(obj).encode())
         return json.loads(body[body.find(b"\r\n\r\n") + 4:])
 
-    def mints(self):
-        st, body = one_request(self.ports["token"], build_request("/stats", "127.0.0.1"))
-        return json.loads(body[body.find(b"\r\n\r\n") + 4:])["mints"]
+    def token_stats(self, name="token"):
+        st, body = one_request(self.ports[name], build_request("/stats", "127.0.0.1"))
+        return json.loads(body[body.find(b"\r\n\r\n") + 4:])
+
+    def mints(self, name="token"):
+        return self.token_stats(name)["mints"]
 
     def cold_burst(self):
         """A fresh authproxy (empty cache), n connections, one request each, all sent at once."""
@@ -978,7 +1004,8 @@ class Bench:
         port, admin = pick_ports(2)
         conf = os.path.join(self.tmp, "authproxy-burst.json")
         with open(conf, "w") as f:
-            f.write(authproxy_conf(port, admin, self.ports["backend"], self.ports["token"], False))
+            f.write(authproxy_conf(port, admin, self.ports["backend"], self.ports["token"],
+                                   self.ports["token-slow"], False))
         res = {"requests": a.burst, "mint_delay_ms": a.burst_mint_delay_ms}
         p = None
         try:
@@ -1097,6 +1124,236 @@ class Bench:
                 pass
         self.extras["replay"] = res
 
+    # -- slow mint on another provider --------------------------------------------------------
+
+    def slow_load(self, req, stop, st, deadline):
+        """slowmint's background load (its own thread, pinned to the client CPU): --slowmint-clients
+        keep-alive connections on the slow route, each with one request outstanding at a time
+        (answered when the next mint lands: the tokens then live 1 ms), and a forced mint
+        (POST /tokens/slow/refresh) every 0.2 s. Once `stop` is set: no new request, no refresh;
+        returns when the outstanding requests are answered, or at `deadline`."""
+        a = self.a
+        try:
+            os.sched_setaffinity(0, {a.client_cpu})  # pid 0: this thread only
+        except (OSError, AttributeError):
+            pass
+        refresh = build_request("/tokens/slow/refresh", "127.0.0.1", method="POST", body_len=0)
+        # at most about one request per client and mint, with room: a cached token that still
+        # lived would otherwise turn the clients into a load generator
+        per_client = int((a.duration + 10) * 1000 / max(a.slowmint_delay_ms, 100)) + 5
+        cap = a.slowmint_clients * per_client
+        sel = selectors.DefaultSelector()
+        socks = {}  # socket -> [received bytes, send time]
+        next_refresh = 0.0
+
+        def send(s):
+            s.sendall(req)  # a few dozen bytes: never blocks on an empty socket buffer
+            socks[s][1] = time.monotonic()
+            st["sent"] += 1
+
+        def drop(s):
+            sel.unregister(s)
+            del socks[s]
+            s.close()
+
+        try:
+            for _ in range(a.slowmint_clients):
+                s = socket.create_connection(("127.0.0.1", self.ports["authproxy"]), timeout=5)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                s.setblocking(False)
+                socks[s] = [b"", 0.0]
+                sel.register(s, selectors.EVENT_READ)
+                send(s)
+            for _ in range(1000000):
+                now = time.monotonic()
+                if not socks or now > deadline:
+                    break
+                if not stop.is_set() and now >= next_refresh:
+                    next_refresh = now + 0.2
+                    try:
+                        code = one_request(self.ports["authproxy-admin"], refresh, timeout=2)[0]
+                    except OSError:
+                        code = -1
+                    st["refresh"][str(code)] = st["refresh"].get(str(code), 0) + 1
+                for key, _ in sel.select(0.05):
+                    s = key.fileobj
+                    try:
+                        chunk = s.recv(65536)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        chunk = b""
+                    if not chunk:  # closed without (a complete) answer
+                        st["statuses"]["-1"] = st["statuses"].get("-1", 0) + 1
+                        drop(s)
+                        continue
+                    socks[s][0] += chunk
+                    r = response_complete(socks[s][0])
+                    if not r:
+                        continue
+                    status, n = r
+                    socks[s][0] = socks[s][0][n:]
+                    st["statuses"][str(status)] = st["statuses"].get(str(status), 0) + 1
+                    st["latency_s"].append(time.monotonic() - socks[s][1])
+                    if stop.is_set():
+                        drop(s)
+                    elif st["sent"] >= cap:
+                        st["capped"] = True
+                        drop(s)
+                    else:
+                        send(s)
+        except Exception as e:  # reported by slow_mint
+            st["error"] = "%s: %s" % (type(e).__name__, e)
+        finally:
+            st["unanswered"] = len(socks)
+            for s in list(socks):
+                drop(s)
+            sel.close()
+
+    def wait_slow_idle(self, secs):
+        """Until the slow token endpoint has no mint in flight (at most secs). True if idle."""
+        end = time.monotonic() + secs
+        for _ in range(int(secs / 0.02) + 1):
+            if self.token_stats("token-slow")["in_flight"] == 0:
+                return True
+            if time.monotonic() > end:
+                break
+            time.sleep(0.02)
+        return False
+
+    def wrk_during_slow_mint(self, conns, rnd, req):
+        """wrk on the reverse 64 B route while provider `slow` has a mint in flight for the whole
+        run. Returns (wrk run, what the slow route saw)."""
+        a = self.a
+        delay_s = a.slowmint_delay_ms / 1000.0
+        # first replace the cached slow token by a 1 ms one (mint without delay), so that every
+        # request on the slow route from now on waits for a mint (a forced refresh alone keeps
+        # serving the cached token: nobody would wait)
+        self.token_ctl({"delay_ms": 0, "expires_in": 1}, "token-slow")
+        m = self.mints("token-slow")
+        st, body = one_request(self.ports["authproxy-admin"], build_request(
+            "/tokens/slow/refresh", "127.0.0.1", method="POST", body_len=0))
+        if not 200 <= st < 300:
+            raise RuntimeError("POST /tokens/slow/refresh answered %d: %s"
+                               % (st, body[-200:].decode("latin-1", "replace")))
+        end = time.monotonic() + 5
+        for _ in range(500):
+            if self.mints("token-slow") > m or time.monotonic() > end:
+                break
+            time.sleep(0.01)
+        self.wait_slow_idle(5)
+        time.sleep(0.05)  # let the short-lived token land in the cache
+        self.token_ctl({"delay_ms": a.slowmint_delay_ms}, "token-slow")
+
+        load = {"sent": 0, "statuses": {}, "latency_s": [], "refresh": {}}
+        stop = threading.Event()
+        th = threading.Thread(target=self.slow_load, daemon=True,
+                              args=(req, stop, load, time.monotonic() + a.duration + 60 + delay_s))
+        s0 = self.token_stats("token-slow")
+        th.start()
+        try:
+            end = time.monotonic() + 5  # wrk starts once a slow mint is in flight
+            for _ in range(500):
+                if self.token_stats("token-slow")["in_flight"] or time.monotonic() > end:
+                    break
+                time.sleep(0.01)
+            s1, t1 = self.token_stats("token-slow"), time.monotonic()
+            run = self.wrk("authproxy", "rev64", conns, a.duration, rnd, keep=False)
+            s2, t2 = self.token_stats("token-slow"), time.monotonic()
+        finally:
+            stop.set()
+            th.join(delay_s + 15)
+            # no slow mint left in flight for the next baseline run
+            idle = self.wait_slow_idle(delay_s + 10)
+            self.token_ctl({"delay_ms": 0, "expires_in": SLOW_TTL_MS}, "token-slow")
+        lat = sorted(load.pop("latency_s"))
+        sts = load["statuses"]
+        load.update({
+            "mints": s2["mints"] - s0["mints"],
+            "in_flight_at_start": s1["in_flight"],
+            "mint_coverage": (s2["busy_s"] - s1["busy_s"]) / (t2 - t1) if t2 > t1 else None,
+            "answered": sum(sts.values()),
+            "ok": sum(v for k, v in sts.items() if 200 <= int(k) < 300),
+            "wait_ms_median": statistics.median(lat) * 1000 if lat else None,
+            "wait_ms_max": lat[-1] * 1000 if lat else None,
+            "thread_stopped": not th.is_alive(), "idle_after": idle})
+        return run, load
+
+    def slow_mint(self):
+        """Target: "a token mint taking 2 s on one provider: p99 of other routes unchanged (within
+        10 %)". wrk -c50 on the reverse 64 B route (provider `bench`, token cached), run twice per
+        round: (a) nothing else happening, (b) while provider `slow` has a mint in flight
+        (--slowmint-delay-ms) for the whole run and --slowmint-clients requests on its route wait
+        for it. Ratio = p99 (b) / p99 (a) per round, then the median."""
+        a = self.a
+        if "authproxy" not in self.procs:
+            return
+        if a.provisional:
+            self.extras["slowmint"] = {"skipped": "provisional mode (no provider route)"}
+            return
+        conns = 50
+        res = {"delay_ms": a.slowmint_delay_ms, "clients": a.slowmint_clients, "conns": conns,
+               "duration": a.duration, "row": "rev64", "target": SLOWMINT_TARGET, "rounds": []}
+        req = build_request("http://%s/64" % SLOW_HOST, SLOW_HOST)
+        problems = []
+        try:
+            st, body = one_request(self.ports["authproxy"], req)
+            if not 200 <= st < 300:
+                raise RuntimeError("the slow route answered %d: %s"
+                                   % (st, body[-200:].decode("latin-1", "replace")))
+            for rnd in range(1, a.rounds + 1):
+                base = self.wrk("authproxy", "rev64", conns, a.duration, rnd, keep=False)
+                during, load = self.wrk_during_slow_mint(conns, rnd, req)
+                rec = {"round": rnd, "base": wrk_brief(base), "slow": wrk_brief(during),
+                       "load": load, "ratio": None}
+                if base.get("p99_us") and during.get("p99_us"):
+                    rec["ratio"] = during["p99_us"] / base["p99_us"]
+                res["rounds"].append(rec)
+                for what, r in (("baseline", base), ("during the slow mint", during)):
+                    if "error" in r:
+                        problems.append("round %d, %s: %s" % (rnd, what, r["error"]))
+                    elif r.get("non2xx") or r.get("sock_errors"):
+                        problems.append("round %d, %s: %d non-2xx, %d socket errors on route bench"
+                                        % (rnd, what, r["non2xx"], r["sock_errors"]))
+                if load["ok"] != load["answered"] or load["unanswered"] or not load["ok"]:
+                    problems.append("round %d: slow route: %d of %d requests answered 2xx "
+                                    "(statuses %s, %d unanswered)"
+                                    % (rnd, load["ok"], load["sent"], load["statuses"],
+                                       load["unanswered"]))
+                if not load["mints"]:
+                    problems.append("round %d: no slow mint during the run" % rnd)
+                for k, msg in (("error", "load thread: %s" % load.get("error")),
+                               ("capped", "slow clients hit their request cap (token cached?)")):
+                    if load.get(k):
+                        problems.append("round %d: %s" % (rnd, msg))
+                if not load["thread_stopped"] or not load["idle_after"]:
+                    problems.append("round %d: the load thread or a slow mint outlived the run"
+                                    % rnd)
+                say("  slowmint round %d: p99 %s ms baseline, %s ms during a %d ms mint (x%s), "
+                    "req/s %s / %s; slow route %d/%d 2xx, %d mint(s), a mint in flight %s of "
+                    "the run%s" % (rnd, fmt(ms(base.get("p99_us")), ".3f"),
+                                   fmt(ms(during.get("p99_us")), ".3f"), a.slowmint_delay_ms,
+                                   fmt(rec["ratio"], ".2f"), fmt(base.get("rps"), ".0f"),
+                                   fmt(during.get("rps"), ".0f"), load["ok"], load["sent"],
+                                   load["mints"], fmt_pct(load["mint_coverage"]), bg_note(rec)))
+            res.update(slowmint_medians(res["rounds"]))
+            res["problems"] = problems
+            say("  slowmint: median p99 %s ms -> %s ms: ratio %s (target <= %.2f: %s)"
+                % (fmt(res["p99_base_ms"], ".3f"), fmt(res["p99_slow_ms"], ".3f"),
+                   fmt(res["ratio"], ".2f"), SLOWMINT_TARGET, met_word(res["met"])))
+        except (OSError, RuntimeError, ValueError) as e:
+            res["error"] = str(e)
+            warn("slow mint: %s" % e)
+        finally:
+            try:
+                self.token_ctl({"delay_ms": 0, "expires_in": SLOW_TTL_MS}, "token-slow")
+            except (OSError, ValueError):
+                pass
+        if "error" in res:
+            problems.append(res["error"])
+        self.failed += ["slowmint: " + p for p in problems]
+        self.extras["slowmint"] = res
+
 
 # ---------------------------------------------------------------------------------------------
 # output
@@ -1104,6 +1361,43 @@ class Bench:
 
 def fmt(v, spec, none="-"):
     return none if v is None else format(v, spec)
+
+
+def ms(us):
+    return None if us is None else us / 1000.0
+
+
+def fmt_pct(v):
+    return fmt(None if v is None else 100.0 * v, ".0f") + " %"
+
+
+def met_word(met):
+    return "-" if met is None else ("met" if met else "NOT met")
+
+
+def wrk_brief(r):
+    """The figures of a wrk run that an extra measurement keeps."""
+    keys = ("rc", "requests", "rps", "p50_us", "p99_us", "p999_us", "max_us", "non2xx",
+            "sock_errors", "background_cpu_pct", "cpu_us_per_req", "error", "authproxy_metrics")
+    return {k: r[k] for k in keys if k in r}
+
+
+def bg_note(rec):
+    """A slowmint round disturbed by processes outside the benchmark (as the table's bg CPU %)."""
+    bg = max(rec[k].get("background_cpu_pct") or 0.0 for k in ("base", "slow"))
+    return ", background CPU %.0f %% (disturbed: rerun)" % bg if bg >= 5 else ""
+
+
+def slowmint_medians(rounds):
+    def med(vals):
+        vals = [v for v in vals if v is not None]
+        return statistics.median(vals) if vals else None
+    ratio = med(r["ratio"] for r in rounds)
+    return {"p99_base_ms": ms(med(r["base"].get("p99_us") for r in rounds)),
+            "p99_slow_ms": ms(med(r["slow"].get("p99_us") for r in rounds)),
+            "rps_base": med(r["base"].get("rps") for r in rounds),
+            "rps_slow": med(r["slow"].get("rps") for r in rounds),
+            "ratio": ratio, "met": None if ratio is None else ratio <= SLOWMINT_TARGET}
 
 
 def table_lines(b):
@@ -1201,6 +1495,34 @@ def extras_lines(b):
                        % (r["iters"], r["warm_ms"], r["replay_ms"], r["cost_ms"], r["mint_ms"],
                           "; %d problem(s): %s" % (r["n_problems"], r["problems"])
                           if r["n_problems"] else ""))
+    if "slowmint" in e:
+        r = e["slowmint"]
+        if "skipped" in r:
+            out.append("- slow mint on another provider: skipped (%s)" % r["skipped"])
+        elif "error" in r:
+            out.append("- slow mint on another provider: failed: %s" % r["error"])
+        else:
+            rounds = "; ".join(
+                "round %d: %s -> %s ms (x%s), %s -> %s req/s, slow route %d/%d 2xx (waited "
+                "median %s ms), %d mint(s), a mint in flight %s of the run%s"
+                % (x["round"], fmt(ms(x["base"].get("p99_us")), ".3f"),
+                   fmt(ms(x["slow"].get("p99_us")), ".3f"), fmt(x["ratio"], ".2f"),
+                   fmt(x["base"].get("rps"), ".0f"), fmt(x["slow"].get("rps"), ".0f"),
+                   x["load"]["ok"], x["load"]["sent"], fmt(x["load"]["wait_ms_median"], ".0f"),
+                   x["load"]["mints"], fmt_pct(x["load"]["mint_coverage"]), bg_note(x))
+                for x in r["rounds"])
+            out.append("- slow mint on another provider (wrk -c%d reverse 64 B on route `bench`, "
+                       "%d round(s), each a run without and a run while provider `slow`'s token "
+                       "endpoint takes %d ms per mint, a mint in flight throughout, and %d "
+                       "requests on its route wait for it): p99 %s ms without, %s ms during the "
+                       "slow mint (medians): **ratio %s** (median of the rounds' ratios; target "
+                       "<= %.2f: %s); req/s %s without, %s during. Per round: %s%s"
+                       % (r["conns"], len(r["rounds"]), r["delay_ms"], r["clients"],
+                          fmt(r["p99_base_ms"], ".3f"), fmt(r["p99_slow_ms"], ".3f"),
+                          fmt(r["ratio"], ".2f"), r["target"], met_word(r["met"]),
+                          fmt(r["rps_base"], ".0f"), fmt(r["rps_slow"], ".0f"), rounds,
+                          "; %d problem(s): %s" % (len(r["problems"]), r["problems"][:3])
+                          if r.get("problems") else ""))
     return out
 
 
@@ -1333,9 +1655,10 @@ def parse_args(argv):
     ap.add_argument("--contenders", default=",".join(ALL_CONTENDERS),
                     help="subset/order of %s" % ",".join(ALL_CONTENDERS))
     ap.add_argument("--no-extras", action="store_true",
-                    help="skip idle connections, 1 GiB transfers, cold burst and 401 replay")
-    ap.add_argument("--extras", default="idle,big,burst,replay",
-                    help="which extra measurements (idle,big,burst,replay)")
+                    help="skip idle connections, 1 GiB transfers, cold burst, 401 replay and "
+                         "slow mint")
+    ap.add_argument("--extras", default=",".join(ALL_EXTRAS),
+                    help="which extra measurements (%s)" % ",".join(ALL_EXTRAS))
     ap.add_argument("--idle-conns", type=int, default=7000)
     ap.add_argument("--bigfile-mb", type=int, default=1024)
     ap.add_argument("--transfer-timeout", type=int, default=120)
@@ -1343,6 +1666,10 @@ def parse_args(argv):
     ap.add_argument("--burst-mint-delay-ms", type=int, default=200,
                     help="the mock token endpoint's answer delay during the burst (200)")
     ap.add_argument("--replay-iters", type=int, default=30)
+    ap.add_argument("--slowmint-delay-ms", type=int, default=2000,
+                    help="slowmint: how long provider `slow`'s mints take (2000)")
+    ap.add_argument("--slowmint-clients", type=int, default=20,
+                    help="slowmint: requests on the slow route waiting for its mint (20)")
     ap.add_argument("--provisional", action="store_true",
                     help="authproxy route WITHOUT provider, wrk sends the header "
                          "(rows marked authproxy*; only until the token engine lands)")
@@ -1367,8 +1694,9 @@ def parse_args(argv):
     a.contenders = [x for x in a.contenders.split(",") if x]
     a.extras = [] if a.no_extras else [x for x in a.extras.split(",") if x]
     bad = [r for r in a.rows if r not in ROWS] + [c for c in a.contenders if c not in ALL_CONTENDERS]
+    bad += [x for x in a.extras if x not in ALL_EXTRAS]
     if bad:
-        ap.error("unknown row/contender: %s" % ", ".join(bad))
+        ap.error("unknown row/contender/extra: %s" % ", ".join(bad))
     for tool in ("nginx", "haproxy", "wrk", "gnuplot", "curl", "taskset", "timeout"):
         setattr(a, tool, which(tool))
     return a
@@ -1497,6 +1825,9 @@ def run(a):
             b.replay_cost()
         if "burst" in a.extras:
             b.cold_burst()
+        if "slowmint" in a.extras:
+            say("a %d ms token mint on another provider:" % a.slowmint_delay_ms)
+            b.slow_mint()
         for c, p in b.procs.items():
             if not p.alive():
                 b.failed.append("%s exited (status %s) during the benchmark:\n%s"
@@ -1533,7 +1864,8 @@ def run(a):
         b.failed = problems
         write_results(b, outdir, hdr, rows, cmdline, png)
         for name in os.listdir(b.tmp):  # proxies' logs next to the results
-            if name.endswith(".log") and name != "token.log" and os.path.getsize(os.path.join(b.tmp, name)) > 0:
+            if name.endswith(".log") and not name.startswith("token") and \
+                    os.path.getsize(os.path.join(b.tmp, name)) > 0:
                 shutil.copy(os.path.join(b.tmp, name), os.path.join(outdir, "log-" + name))
         say("\nresults: %s/results.md, raw.json%s" % (os.path.relpath(outdir, ROOT),
                                                         ", chart.png" if png else ""))
