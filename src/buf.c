@@ -9,6 +9,9 @@ int bufpool_init(struct bufpool *p, int keep)
     p->free = calloc((size_t)keep, sizeof *p->free);
     p->n_free = 0;
     p->keep = keep;
+    p->shared = NULL;
+    p->lent = false;
+    p->out = p->peak_out = 0;
     return p->free ? 0 : -1;
 }
 
@@ -16,6 +19,8 @@ void bufpool_destroy(struct bufpool *p)
 {
     for (int i = 0; i < p->n_free; i++)
         free(p->free[i]);
+    free(p->shared);
+    p->shared = NULL;
     free(p->free);
     p->free = NULL;
     p->n_free = 0;
@@ -23,16 +28,80 @@ void bufpool_destroy(struct bufpool *p)
 
 void *bufpool_get(struct bufpool *p)
 {
-    if (p->n_free > 0) return p->free[--p->n_free];
-    return malloc(BUF_BLOCK);
+    void *b = p->n_free > 0 ? p->free[--p->n_free] : malloc(BUF_BLOCK);
+    if (b && ++p->out > p->peak_out) p->peak_out = p->out;
+    return b;
+}
+
+void bufpool_trim(struct bufpool *p, int keep)
+{
+    while (p->n_free > keep && p->n_free > 0)
+        free(p->free[--p->n_free]);
 }
 
 void bufpool_put(struct bufpool *p, void *block)
 {
+    p->out--;
     if (p->n_free < p->keep)
         p->free[p->n_free++] = block;
     else
         free(block);
+}
+
+#define SMALL_ALLOC 2048 /* below this, malloc rather than a whole block */
+#define KEEP_COPY 2048   /* a held rest up to this size is copied out of the shared block */
+
+void *bufpool_alloc(struct bufpool *p, size_t size)
+{
+    if (size > SMALL_ALLOC && size <= BUF_BLOCK) return bufpool_get(p);
+    return malloc(size ? size : 1);
+}
+
+void bufpool_release(struct bufpool *p, void *ptr, size_t size)
+{
+    if (size > SMALL_ALLOC && size <= BUF_BLOCK)
+        bufpool_put(p, ptr);
+    else
+        free(ptr);
+}
+
+int inbuf_for_read(struct inbuf *b, struct bufpool *p)
+{
+    if (b->base) return 0;
+    if (p->lent) return inbuf_ensure(b, p);
+    if (!p->shared) p->shared = bufpool_get(p);
+    if (!p->shared) return -1;
+    b->base = p->shared;
+    b->cap = BUF_BLOCK;
+    b->len = b->off = 0;
+    b->lent = p->lent = true;
+    return 0;
+}
+
+static void unlend(struct inbuf *b, struct bufpool *p)
+{
+    b->lent = p->lent = false;
+}
+
+void inbuf_settle(struct inbuf *b, struct bufpool *p)
+{
+    if (!b->lent) return;
+    unlend(b, p);
+    if (b->len == 0) {
+        b->base = NULL;
+        b->cap = b->off = 0;
+        return;
+    }
+    if (b->len <= KEEP_COPY) {
+        char *n = malloc(2 * KEEP_COPY); /* room for the rest of a head */
+        if (n) {
+            memcpy(n, b->base, b->len);
+            b->base = n;
+            b->cap = 2 * KEEP_COPY;
+            return;
+        }
+    }
+    p->shared = NULL; /* b keeps the block; the next read borrows a fresh one */
 }
 
 int inbuf_ensure(struct inbuf *b, struct bufpool *p)
@@ -52,7 +121,7 @@ int inbuf_grow(struct inbuf *b, struct bufpool *p, uint32_t want)
     if (!n) return -1;
     memcpy(n, b->base, b->len);
     uint32_t len = b->len, off = b->off;
-    inbuf_free(b, p);
+    inbuf_free(b, p); /* a borrowed block just goes back */
     b->base = n;
     b->cap = want;
     b->len = len;
@@ -70,7 +139,9 @@ void inbuf_shift(struct inbuf *b, uint32_t from)
 
 void inbuf_free(struct inbuf *b, struct bufpool *p)
 {
-    if (b->base) {
+    if (b->lent)
+        unlend(b, p);
+    else if (b->base) {
         if (b->cap == BUF_BLOCK)
             bufpool_put(p, b->base);
         else
@@ -80,17 +151,25 @@ void inbuf_free(struct inbuf *b, struct bufpool *p)
     b->cap = b->len = b->off = 0;
 }
 
-int iov_rest(const uv_buf_t *bufs, unsigned n, size_t done, uv_buf_t *rest)
+size_t iov_len(const uv_buf_t *bufs, unsigned n)
 {
-    int k = 0;
+    size_t t = 0;
+    for (unsigned i = 0; i < n; i++)
+        t += bufs[i].len;
+    return t;
+}
+
+size_t iov_copy(const uv_buf_t *bufs, unsigned n, size_t skip, char *dst)
+{
+    size_t k = 0;
     for (unsigned i = 0; i < n; i++) {
-        if (done >= bufs[i].len) {
-            done -= bufs[i].len;
+        if (skip >= bufs[i].len) {
+            skip -= bufs[i].len;
             continue;
         }
-        if (k == IOV_REST_MAX) return -1;
-        rest[k++] = uv_buf_init(bufs[i].base + done, (unsigned)(bufs[i].len - done));
-        done = 0;
+        memcpy(dst + k, bufs[i].base + skip, bufs[i].len - skip);
+        k += bufs[i].len - skip;
+        skip = 0;
     }
     return k;
 }

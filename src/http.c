@@ -3,6 +3,7 @@
  * Owns no memory: a struct head points into its owner's header array and input buffer. */
 #include "http.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static inline struct head *head_of(llhttp_t *p)
@@ -68,9 +69,19 @@ int head_on_header_field(llhttp_t *p, const char *at, size_t len)
     if (hd->frozen) return 0; /* trailers travel inside the raw chunked body */
     uint32_t off = (uint32_t)(at - hd->base);
     if (hd->n == 0 || hd->in_value) {
-        if (hd->n >= hd->cap) {
+        if (hd->n >= hd->max) {
             hd->error = HEAD_TOO_MANY;
             return -1;
+        }
+        if (hd->n >= hd->cap) { /* most heads fit the first array; a long one doubles it */
+            int cap = hd->cap * 2 < hd->max ? hd->cap * 2 : hd->max;
+            struct hdr *g = realloc(hd->h, sizeof *g * (size_t)cap);
+            if (!g) {
+                hd->error = HEAD_TOO_MANY;
+                return -1;
+            }
+            hd->h = g;
+            hd->cap = cap;
         }
         struct hdr *h = &hd->h[hd->n++];
         h->name_off = off;

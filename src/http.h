@@ -48,8 +48,8 @@ enum head_error {
 
 struct head {
     const char *base; /* the input buffer, set before each llhttp_execute */
-    struct hdr *h;
-    int n, cap;
+    struct hdr *h;    /* cap entries, malloc'd unless cap == max; grows up to max */
+    int n, cap, max;
     bool in_value;
     bool frozen;    /* analysed: later header callbacks (chunked trailers) are ignored */
     uint8_t error;  /* enum head_error */

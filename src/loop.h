@@ -40,6 +40,7 @@ struct loop {
     bool draining;
     struct exchange *free_ex; /* free list of exchanges */
     int n_free_ex;
+    int active_ex, peak_ex;      /* exchanges in use now, and at most since the last memory trim */
     struct upstream_host *hosts; /* upstream pool keys, most recent first */
     int n_hosts;
     char *scratch; /* BUF_BLOCK bytes for TLS ciphertext reads */
@@ -49,6 +50,7 @@ struct loop {
     struct token_cache *tokens, *tokens_closing;
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t drain_timer;
+    uv_timer_t trim_timer; /* trim.c */
 };
 
 #endif

@@ -13,6 +13,7 @@
 #include "proxy.h"
 #include "server.h"
 #include "token.h"
+#include "trim.h"
 #include "upstream.h"
 
 #define AUTHPROXY_VERSION "0.1.0"
@@ -38,6 +39,7 @@ static void loop_finish(struct loop *l)
 {
     uv_timer_stop(&l->drain_timer);
     uv_close((uv_handle_t *)&l->drain_timer, NULL);
+    trim_stop(l);
     server_stop_listening(l);
     server_close_clients(l, true);
     upstream_pool_close_all(l);
@@ -187,6 +189,7 @@ static int run(struct config *cfg)
     uv_signal_start(&l->sigterm, on_stop_signal, SIGTERM);
     uv_signal_start(&l->sigint, on_stop_signal, SIGINT);
     uv_signal_start(&l->sighup, on_hup, SIGHUP);
+    trim_start(l);
     log_info("authproxy %s ready: %d route(s), %d provider(s), via %s", AUTHPROXY_VERSION,
              cfg->n_routes, cfg->n_providers, cfg->via);
     uv_run(&l->uv, UV_RUN_DEFAULT);
@@ -196,7 +199,7 @@ out_tls:
     token_cache_free(l->tokens_closing);
     SSL_CTX_free(l->ssl_ctx);
 out_pool:
-    proxy_free_list_clear(l);
+    proxy_free_list_trim(l, 0);
     free(l->scratch);
     free(l->listeners);
     free(l->route_stats);

@@ -5,9 +5,11 @@
  * send_head(), resp_head(), and the body relays.
  *
  * Memory: exchanges come from and go back to the loop's free list; their header arrays and
- * head buffers are allocated once per exchange object. Request bytes stay in the client's
- * input buffer and response bytes in the upstream connection's; writes reference them
- * directly, and neither buffer is compacted while a write that references it is pending. */
+ * head buffers are allocated once per exchange object. Request and response bytes are parsed
+ * in place in the input buffers (usually the loop's shared read block) and written from there;
+ * a write that cannot complete at once copies its rest (server.c, upstream.c), so nothing
+ * points into an input buffer after the read callback. The upstream request head without the
+ * token is saved (out of the client's buffer) for a replay or a retry on a fresh connection. */
 #include "proxy.h"
 
 #include <stdio.h>
@@ -20,7 +22,9 @@
 #include "upstream.h"
 
 #define FREE_EXCHANGES_MAX 256
-#define EX_OUT_SIZE 4096 /* head scratch; grows for larger heads, shrinks back after */
+#define EX_OUT_SIZE 1024   /* head scratch; grows for larger heads, shrinks back after */
+#define EX_SAVED_SIZE 2048 /* a saved request head larger than this is not kept pooled */
+#define EX_HDRS 24         /* header entries per head before it grows (up to max_headers) */
 #define AUTHORITY_MAX (HOST_MAX + 8)
 #define REQ_IOV_MAX 48
 
@@ -36,59 +40,75 @@ static const struct upconn_ops up_ops = {up_ready, up_data, up_closed, up_draine
 
 /* ---- exchange objects ---- */
 
+static void exchange_destroy(struct exchange *ex)
+{
+    free(ex->req.h);
+    free(ex->resp.h);
+    free(ex->out);
+    free(ex->saved);
+    free(ex);
+}
+
 struct exchange *proxy_exchange_new(struct loop *l, struct client *c)
 {
-    int cap = (int)l->cfg->limits.max_headers;
     struct exchange *ex = l->free_ex;
-    if (ex && ex->hdr_cap != cap) { /* limits changed by a reload */
-        l->free_ex = ex->next_free;
-        l->n_free_ex--;
-        free(ex->req_hdrs);
-        free(ex->resp_hdrs);
-        free(ex->out);
-        free(ex->saved);
-        free(ex);
-        ex = NULL;
-    }
     if (ex) {
         l->free_ex = ex->next_free;
         l->n_free_ex--;
     } else {
         ex = calloc(1, sizeof *ex);
         if (!ex) return NULL;
-        ex->hdr_cap = cap;
-        ex->req_hdrs = malloc(sizeof(struct hdr) * (size_t)cap);
-        ex->resp_hdrs = malloc(sizeof(struct hdr) * (size_t)cap);
+        ex->req.cap = ex->resp.cap = EX_HDRS;
+        ex->req.h = malloc(sizeof(struct hdr) * EX_HDRS);
+        ex->resp.h = malloc(sizeof(struct hdr) * EX_HDRS);
         ex->out_cap = EX_OUT_SIZE;
         ex->out = malloc(ex->out_cap);
-        if (!ex->req_hdrs || !ex->resp_hdrs || !ex->out) {
-            free(ex->req_hdrs);
-            free(ex->resp_hdrs);
-            free(ex->out);
-            free(ex);
+        if (!ex->req.h || !ex->resp.h || !ex->out) {
+            exchange_destroy(ex);
             return NULL;
         }
     }
-    struct hdr *rq = ex->req_hdrs, *rs = ex->resp_hdrs;
+    struct head rq = ex->req, rs = ex->resp;
     char *out = ex->out, *saved = ex->saved;
     uint32_t out_cap = ex->out_cap, saved_cap = ex->saved_cap;
     memset(ex, 0, offsetof(struct exchange, host));
-    ex->req_hdrs = rq;
-    ex->resp_hdrs = rs;
+    ex->req.h = rq.h;
+    ex->req.cap = rq.cap;
+    ex->resp.h = rs.h;
+    ex->resp.cap = rs.cap;
+    ex->req.max = ex->resp.max = (int)l->cfg->limits.max_headers;
     ex->out = out;
     ex->out_cap = out_cap;
     ex->saved = saved;
     ex->saved_cap = saved_cap;
-    ex->hdr_cap = cap;
-    ex->req.h = rq;
-    ex->req.cap = cap;
-    ex->resp.h = rs;
-    ex->resp.cap = cap;
     ex->loop = l;
     ex->c = c;
     ex->cfg = config_ref(l->cfg);
     ex->t_start = uv_now(&l->uv);
+    l->active_ex++;
+    if (l->active_ex > l->peak_ex) l->peak_ex = l->active_ex;
     return ex;
+}
+
+/* Gives back what one long head made grow, so a pooled exchange stays small. */
+static void shrink(void **p, uint32_t *cap, uint32_t small)
+{
+    if (*cap <= small) return;
+    void *n = malloc(small);
+    if (!n) return;
+    free(*p);
+    *p = n;
+    *cap = small;
+}
+
+static void shrink_hdrs(struct head *hd)
+{
+    if (hd->cap <= EX_HDRS) return;
+    struct hdr *n = malloc(sizeof *n * EX_HDRS);
+    if (!n) return;
+    free(hd->h);
+    hd->h = n;
+    hd->cap = EX_HDRS;
 }
 
 void proxy_exchange_free(struct exchange *ex)
@@ -105,39 +125,28 @@ void proxy_exchange_free(struct exchange *ex)
     ex->replay = NULL;
     config_unref(ex->cfg);
     ex->cfg = NULL;
-    if (ex->out_cap > EX_OUT_SIZE) { /* do not keep a large head buffer around */
-        char *small = malloc(EX_OUT_SIZE);
-        if (small) {
-            free(ex->out);
-            ex->out = small;
-            ex->out_cap = EX_OUT_SIZE;
-        }
-    }
-    if (l->n_free_ex < FREE_EXCHANGES_MAX) {
-        ex->next_free = l->free_ex;
-        l->free_ex = ex;
-        l->n_free_ex++;
+    l->active_ex--;
+    if (l->n_free_ex >= FREE_EXCHANGES_MAX) {
+        exchange_destroy(ex);
         return;
     }
-    free(ex->req_hdrs);
-    free(ex->resp_hdrs);
-    free(ex->out);
-    free(ex->saved);
-    free(ex);
+    shrink((void **)&ex->out, &ex->out_cap, EX_OUT_SIZE);
+    shrink((void **)&ex->saved, &ex->saved_cap, EX_SAVED_SIZE);
+    shrink_hdrs(&ex->req);
+    shrink_hdrs(&ex->resp);
+    ex->next_free = l->free_ex;
+    l->free_ex = ex;
+    l->n_free_ex++;
 }
 
-void proxy_free_list_clear(struct loop *l)
+void proxy_free_list_trim(struct loop *l, int keep)
 {
-    while (l->free_ex) {
+    while (l->free_ex && l->n_free_ex > keep) {
         struct exchange *ex = l->free_ex;
         l->free_ex = ex->next_free;
-        free(ex->req_hdrs);
-        free(ex->resp_hdrs);
-        free(ex->out);
-        free(ex->saved);
-        free(ex);
+        l->n_free_ex--;
+        exchange_destroy(ex);
     }
-    l->n_free_ex = 0;
 }
 
 void proxy_count(struct loop *l, const struct exchange *ex, int status)
@@ -389,18 +398,20 @@ static int save_head(struct exchange *ex, const uv_buf_t *iov, unsigned n)
         k += iov[i].len;
     }
     ex->saved_len = (uint32_t)total;
+    ex->head_saved = true;
     return 0;
 }
 
 /* The upstream request head: a rebuilt request line, the client's header lines that survive
- * (as runs of raw bytes from the client's buffer), then Host, Via and the token. A replay
- * sends the saved head (everything but the token) with the fresh token and the kept body. */
+ * (as runs of raw bytes from the client's buffer), then Host, Via and the token. It is saved
+ * without the token; a replay or retry sends the saved head with the current token (and, for a
+ * replay, the kept body). */
 static int send_head(struct exchange *ex)
 {
     struct client *c = ex->c;
     uv_buf_t iov[REQ_IOV_MAX];
     unsigned n = 0;
-    if (ex->replayed) {
+    if (ex->head_saved) {
         iov[n++] = uv_buf_init(ex->saved, ex->saved_len);
     } else {
         struct head *hd = &ex->req;
@@ -470,7 +481,7 @@ static int send_head(struct exchange *ex)
         tl += put_str(t + tl, ex->cfg->via);
         tl += PUT_LIT(t + tl, "\r\n");
         iov[n++] = uv_buf_init(t, (unsigned)tl);
-        if (ex->use_token && save_head(ex, iov, n) < 0) return -1;
+        if (save_head(ex, iov, n) < 0) return -1;
     }
     if (ex->use_token && ex->tok.token)
         iov[n++] = uv_buf_init(ex->tok.token->header, (unsigned)ex->tok.token->header_len);
@@ -800,6 +811,8 @@ static void resp_process(struct exchange *ex)
         ex->head_out = 0;
         if (w < 0) return client_abort(ex->c);
     }
+    if (ex->up && ex->resp_started && !ex->resp_done && ex->up->in.off == ex->up->in.len)
+        inbuf_free(&ex->up->in, &ex->loop->pool); /* all relayed: the next read borrows */
     if (ex->up || ex->resp_done) maybe_finish(ex);
 }
 

@@ -35,8 +35,6 @@ struct exchange {
     llhttp_t rp;     /* the response's */
     struct token_wait tw;
     struct token_result tok;
-    struct hdr *req_hdrs, *resp_hdrs;
-    int hdr_cap;
     char *out; /* request line / response head scratch, out_cap bytes */
     uint32_t out_cap;
     char *saved; /* the upstream request head without token, kept for a 401 replay */
@@ -49,7 +47,7 @@ struct exchange {
     bool origin_form, has_body, req_complete, client_keep_alive;
     bool use_token, head_sent, up_write_pending, client_write_pending;
     bool resp_head_ready, resp_started, resp_done, resp_dechunk, resp_close_delimited;
-    bool retried, resp_kick;
+    bool retried, resp_kick, head_saved;
     bool replayed, replay_overflow;
     uint32_t resp_w;    /* dechunk: write cursor in the upstream buffer */
     uint32_t resp_mark; /* start of response bytes not yet written to the client */
@@ -66,7 +64,8 @@ struct exchange {
 
 struct exchange *proxy_exchange_new(struct loop *l, struct client *c);
 void proxy_exchange_free(struct exchange *ex);
-void proxy_free_list_clear(struct loop *l);
+/* Frees pooled exchanges beyond keep (0 at exit; after a burst, see main.c's memory trim). */
+void proxy_free_list_trim(struct loop *l, int keep);
 /* Counts a request answered with status (by class, and by route when it has one). */
 void proxy_count(struct loop *l, const struct exchange *ex, int status);
 
@@ -74,6 +73,11 @@ void proxy_count(struct loop *l, const struct exchange *ex, int status);
 void proxy_request(struct exchange *ex);
 /* The server parsed more body bytes (or the end of the request). */
 void proxy_client_data(struct exchange *ex);
+/* Does the exchange still read the request head from the client's input buffer? */
+static inline bool proxy_reads_input(const struct exchange *ex)
+{
+    return !ex->head_saved;
+}
 /* A pending write to the client completed. */
 void proxy_client_drained(struct exchange *ex);
 

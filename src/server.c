@@ -16,11 +16,12 @@
 #define LISTEN_BACKLOG 1024
 #define ERROR_BODY_MAX 1024
 
-/* A write that could not complete at once; owned bytes (our own responses) ride along. */
+/* A write that could not complete at once, with its own copy of the bytes left. */
 struct cwrite {
     uv_write_t req;
     struct client *c;
-    char data[];
+    char *data;
+    size_t len;
 };
 
 static void client_process(struct client *c);
@@ -110,7 +111,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         buf->len = BUF_BLOCK;
         return;
     }
-    if (inbuf_ensure(&c->in, &c->loop->pool) < 0) {
+    if (inbuf_for_read(&c->in, &c->loop->pool) < 0) {
         buf->base = NULL;
         buf->len = 0;
         return;
@@ -119,10 +120,9 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = c->in.cap - c->in.len;
 }
 
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+static void read_done(struct client *c, ssize_t nread)
 {
-    struct client *c = s->data;
-    (void)buf;
+    uv_stream_t *s = (uv_stream_t *)&c->tcp;
     if (c->state == C_CLOSED) return;
     if (nread == 0) return;
     if (nread == UV_ENOBUFS) {
@@ -144,6 +144,15 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         timer_set(c, TO_HEADER);
     c->in.len += (uint32_t)nread;
     client_process(c);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct client *c = s->data;
+    (void)buf;
+    read_done(c, nread);
+    inbuf_settle(&c->in, &c->loop->pool);    /* what is still held becomes the client's own */
+    if (c->ex) c->ex->req.base = c->in.base; /* the head is parsed in place: follow a copy */
 }
 
 /* ---- parsing ---- */
@@ -253,6 +262,16 @@ static void parse_body(struct client *c)
     proxy_client_data(c->ex);
 }
 
+/* Does the parser or the exchange still need bytes of the input buffer? */
+static bool input_needed(const struct client *c)
+{
+    if (c->state >= C_CLOSING) return false;
+    if (c->in.off < c->in.len) return true; /* not parsed yet: pipelined, or held back */
+    if (!c->ex) return false;
+    if (c->state == C_HEAD) return true; /* a head in progress is parsed in place */
+    return c->fwd < c->in.off || proxy_reads_input(c->ex);
+}
+
 static void client_process(struct client *c)
 {
     if (c->in_process) {
@@ -268,7 +287,12 @@ static void client_process(struct client *c)
             parse_body(c);
     } while (c->again && (c->state == C_HEAD || c->state == C_BODY));
     c->in_process = false;
-    if (c->state != C_CLOSED) read_update(c);
+    if (c->state == C_CLOSED) return;
+    if (c->in.base && !input_needed(c)) {
+        inbuf_free(&c->in, &c->loop->pool);
+        c->fwd = 0;
+    }
+    read_update(c);
 }
 
 void client_body_taken(struct client *c)
@@ -291,6 +315,7 @@ static void on_written(uv_write_t *req, int status)
 {
     struct cwrite *w = container_of(req, struct cwrite, req);
     struct client *c = w->c;
+    bufpool_release(&c->loop->pool, w->data, w->len);
     free(w);
     c->write_pending = false;
     if (c->state == C_CLOSED) return;
@@ -305,21 +330,22 @@ static void on_written(uv_write_t *req, int status)
     if (c->ex) proxy_client_drained(c->ex);
 }
 
-/* Queues bufs (the part uv_try_write left), or a copy of own when given. */
-static int queue_write(struct client *c, const uv_buf_t *bufs, unsigned n, const char *own,
-                       size_t own_len)
+/* Queues a copy of bufs after their first `done` bytes. Returns 1, or -1 on failure. */
+static int queue_write(struct client *c, const uv_buf_t *bufs, unsigned n, size_t done)
 {
-    struct cwrite *w = malloc(sizeof *w + own_len);
+    struct cwrite *w = malloc(sizeof *w);
     if (!w) return -1;
     w->c = c;
-    uv_buf_t b;
-    if (own) {
-        memcpy(w->data, own, own_len);
-        b = uv_buf_init(w->data, (unsigned)own_len);
-        bufs = &b;
-        n = 1;
+    w->len = iov_len(bufs, n) - done;
+    w->data = bufpool_alloc(&c->loop->pool, w->len);
+    if (!w->data) {
+        free(w);
+        return -1;
     }
-    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, n, on_written) < 0) {
+    iov_copy(bufs, n, done, w->data);
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0) {
+        bufpool_release(&c->loop->pool, w->data, w->len);
         free(w);
         return -1;
     }
@@ -327,15 +353,21 @@ static int queue_write(struct client *c, const uv_buf_t *bufs, unsigned n, const
     return 1;
 }
 
+/* Writes now what the socket takes; the rest is copied and queued, so the caller's buffers
+ * are free again on return. 0: all written, 1: pending, -1: error. */
+static int write_or_queue(struct client *c, const uv_buf_t *bufs, unsigned n)
+{
+    int w = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
+    if (w < 0 && w != UV_EAGAIN) return -1;
+    size_t done = w > 0 ? (size_t)w : 0;
+    if (done == iov_len(bufs, n)) return 0;
+    return queue_write(c, bufs, n, done);
+}
+
 int client_write(struct client *c, const uv_buf_t *bufs, unsigned n)
 {
     if (c->state == C_CLOSED || c->write_pending) return -1;
-    int w = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
-    if (w < 0 && w != UV_EAGAIN) return -1;
-    uv_buf_t rest[IOV_REST_MAX];
-    int k = iov_rest(bufs, n, w > 0 ? (size_t)w : 0, rest);
-    if (k <= 0) return k;
-    return queue_write(c, rest, (unsigned)k, NULL, 0);
+    return write_or_queue(c, bufs, n);
 }
 
 /* ---- ending ---- */
@@ -504,37 +536,14 @@ void client_respond(struct client *c, int status, const char *ctype, const char 
     if (retry_after_s > 0)
         hl += snprintf(head + hl, sizeof head - (size_t)hl, "Retry-After: %d\r\n", retry_after_s);
     hl += snprintf(head + hl, sizeof head - (size_t)hl, "\r\n");
-    /* What uv_try_write leaves is copied: the write may outlive the caller's buffers. */
     uv_buf_t b[2] = {uv_buf_init(head, (unsigned)hl),
                      uv_buf_init((char *)body, (unsigned)body_len)};
-    size_t total = (size_t)hl + body_len;
-    int w = uv_try_write((uv_stream_t *)&c->tcp, b, 2);
-    if (w < 0 && w != UV_EAGAIN) {
+    /* behind a pending write (a relayed 1xx) it queues; uv_shutdown waits for both */
+    int w = c->write_pending ? queue_write(c, b, 2, 0) : write_or_queue(c, b, 2);
+    if (w < 0) {
         client_close(c);
         return;
     }
-    size_t done = w > 0 ? (size_t)w : 0;
-    if (done < total) {
-        char *rest = malloc(total - done);
-        if (!rest) {
-            client_close(c);
-            return;
-        }
-        size_t k = 0;
-        for (int i = 0; i < 2; i++) {
-            size_t skip = done > b[i].len ? b[i].len : done;
-            memcpy(rest + k, b[i].base + skip, b[i].len - skip);
-            k += b[i].len - skip;
-            done -= skip;
-        }
-        int q = queue_write(c, NULL, 0, rest, k);
-        free(rest);
-        if (q < 0) {
-            client_close(c);
-            return;
-        }
-    }
-
     linger(c);
 }
 

@@ -24,17 +24,17 @@
 
 enum { UC_RESOLVING, UC_CONNECTING, UC_HANDSHAKE, UC_ACTIVE, UC_IDLE, UC_CLOSING };
 
-struct tls_write {
+/* A write that could not complete at once, with its own copy of the bytes left. */
+struct owned_write {
     uv_write_t req;
     struct upconn *c;
+    char *data;
     size_t len;
-    char data[];
 };
 
 struct conn_req {
     uv_getaddrinfo_t gai;
     uv_connect_t connect;
-    uv_write_t write; /* the one plain write that may be pending */
     struct upconn *c;
 };
 
@@ -183,7 +183,7 @@ static void on_alloc(uv_handle_t *hd, size_t suggested, uv_buf_t *buf)
         buf->len = BUF_BLOCK;
         return;
     }
-    if (inbuf_ensure(&c->in, &c->loop->pool) < 0) {
+    if (inbuf_for_read(&c->in, &c->loop->pool) < 0) {
         buf->base = NULL;
         buf->len = 0;
         return;
@@ -196,7 +196,7 @@ static void on_alloc(uv_handle_t *hd, size_t suggested, uv_buf_t *buf)
  * 1 on close_notify, 0 otherwise. */
 static int tls_pump(struct upconn *c)
 {
-    if (inbuf_ensure(&c->in, &c->loop->pool) < 0) return -1;
+    if (inbuf_for_read(&c->in, &c->loop->pool) < 0) return -1;
     while (c->in.len < c->in.cap) {
         int n = SSL_read(c->ssl, c->in.base + c->in.len, (int)(c->in.cap - c->in.len));
         if (n > 0) {
@@ -232,12 +232,12 @@ static void deliver(struct upconn *c)
     if (c->in.len > c->in.off && c->ops) c->ops->data(c->arg, c);
     if (c->state == UC_ACTIVE && c->eof && c->ops && (!c->ssl || !tls_has_pending(c)))
         conn_fail(c, 0);
+    inbuf_settle(&c->in, &c->loop->pool); /* what the owner still holds becomes c's own */
 }
 
-static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+static void read_done(struct upconn *c, ssize_t nread, const uv_buf_t *buf)
 {
-    struct upconn *c = s->data;
-    (void)buf;
+    uv_stream_t *s = (uv_stream_t *)&c->tcp;
     if (c->state == UC_CLOSING) return;
     if (c->state == UC_IDLE) { /* the server closed (or spoke) while idle */
         upconn_close(c);
@@ -271,6 +271,13 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     deliver(c);
 }
 
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct upconn *c = s->data;
+    read_done(c, nread, buf);
+    inbuf_settle(&c->in, &c->loop->pool);
+}
+
 void upconn_read(struct upconn *c, bool on)
 {
     if (c->state == UC_CLOSING) return;
@@ -287,11 +294,42 @@ void upconn_read(struct upconn *c, bool on)
 
 /* ---- writing ---- */
 
+/* Queues a copy of bufs after their first `done` bytes. Returns 0, or -1 on failure. */
+static int queue_write(struct upconn *c, const uv_buf_t *bufs, unsigned n, size_t done,
+                       uv_write_cb cb)
+{
+    struct owned_write *w = malloc(sizeof *w);
+    if (!w) return -1;
+    w->c = c;
+    w->len = iov_len(bufs, n) - done;
+    w->data = bufpool_alloc(&c->loop->pool, w->len);
+    if (!w->data) {
+        free(w);
+        return -1;
+    }
+    iov_copy(bufs, n, done, w->data);
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
+    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, cb) < 0) {
+        bufpool_release(&c->loop->pool, w->data, w->len);
+        free(w);
+        return -1;
+    }
+    c->writes_pending++;
+    return 0;
+}
+
+static struct upconn *write_done(uv_write_t *req)
+{
+    struct owned_write *w = container_of(req, struct owned_write, req);
+    struct upconn *c = w->c;
+    bufpool_release(&c->loop->pool, w->data, w->len);
+    free(w);
+    return c;
+}
+
 static void on_tls_written(uv_write_t *req, int status)
 {
-    struct tls_write *w = container_of(req, struct tls_write, req);
-    struct upconn *c = w->c;
-    free(w);
+    struct upconn *c = write_done(req);
     c->writes_pending--;
     if (c->state == UC_CLOSING) return;
     if (status < 0) {
@@ -318,17 +356,8 @@ static int tls_flush(struct upconn *c)
             return -1;
     }
     if (done < n) {
-        struct tls_write *w = malloc(sizeof *w + (size_t)(n - done));
-        if (!w) return -1;
-        w->c = c;
-        w->len = (size_t)(n - done);
-        memcpy(w->data, p + done, w->len);
-        uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
-        if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_tls_written) < 0) {
-            free(w);
-            return -1;
-        }
-        c->writes_pending++;
+        uv_buf_t b = uv_buf_init(p, (unsigned)n);
+        if (queue_write(c, &b, 1, (size_t)done, on_tls_written) < 0) return -1;
     }
     (void)BIO_reset(c->wbio);
     return c->writes_pending ? 1 : 0;
@@ -336,9 +365,7 @@ static int tls_flush(struct upconn *c)
 
 static void on_plain_written(uv_write_t *req, int status)
 {
-    struct conn_req *r = container_of(req, struct conn_req, write);
-    struct upconn *c = r->c;
-    free(r);
+    struct upconn *c = write_done(req);
     c->writes_pending--;
     if (c->state == UC_CLOSING) return;
     if (status < 0) {
@@ -358,20 +385,12 @@ int upconn_write(struct upconn *c, const uv_buf_t *bufs, unsigned n)
         }
         return tls_flush(c);
     }
-    int w = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
+    /* what the socket does not take now is copied: callers' buffers are free on return */
+    int w = c->writes_pending ? UV_EAGAIN : uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
     if (w < 0 && w != UV_EAGAIN) return -1;
-    uv_buf_t rest[IOV_REST_MAX];
-    int k = iov_rest(bufs, n, w > 0 ? (size_t)w : 0, rest);
-    if (k <= 0) return k;
-    struct conn_req *r = malloc(sizeof *r);
-    if (!r) return -1;
-    r->c = c;
-    if (uv_write(&r->write, (uv_stream_t *)&c->tcp, rest, (unsigned)k, on_plain_written) < 0) {
-        free(r);
-        return -1;
-    }
-    c->writes_pending++;
-    return 1;
+    size_t done = w > 0 ? (size_t)w : 0;
+    if (done == iov_len(bufs, n)) return 0;
+    return queue_write(c, bufs, n, done, on_plain_written) < 0 ? -1 : 1;
 }
 
 /* ---- connecting ---- */

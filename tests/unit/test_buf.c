@@ -1,6 +1,7 @@
 /* test_buf.c - input buffers keep their bytes and offsets when they grow or shift (a head
- * larger than one block once lost them), the pool bounds what it keeps, and iov_rest finds
- * what a partial write left. */
+ * larger than one block once lost them), the pool bounds what it keeps, the shared read block
+ * is lent to one reader at a time and what a reader still holds is kept at settle, and
+ * iov_copy copies what a partial write left. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,18 +50,106 @@ TEST(bufpool_keeps_at_most_keep_blocks)
     bufpool_destroy(&pool);
 }
 
-TEST(iov_rest_after_partial_writes)
+TEST(shared_block_is_lent_once_and_given_back_when_empty)
 {
-    char x[10], y[20];
-    uv_buf_t in[2] = {uv_buf_init(x, 10), uv_buf_init(y, 20)}, rest[IOV_REST_MAX];
-    CHECK_EQ_INT(iov_rest(in, 2, 30, rest), 0);
-    CHECK_EQ_INT(iov_rest(in, 2, 0, rest), 2);
-    CHECK_EQ_INT(iov_rest(in, 2, 12, rest), 1);
-    CHECK(rest[0].base == y + 2 && rest[0].len == 18);
-    CHECK_EQ_INT(iov_rest(in, 2, 4, rest), 2);
-    CHECK(rest[0].base == x + 4 && rest[0].len == 6 && rest[1].base == y);
-    uv_buf_t many[IOV_REST_MAX + 1];
-    for (int i = 0; i <= IOV_REST_MAX; i++)
-        many[i] = uv_buf_init(x, 1);
-    CHECK_EQ_INT(iov_rest(many, IOV_REST_MAX + 1, 0, rest), -1);
+    struct bufpool pool;
+    REQUIRE(bufpool_init(&pool, 4) == 0);
+    struct inbuf a = {0}, b = {0};
+    REQUIRE(inbuf_for_read(&a, &pool) == 0);
+    CHECK(a.lent && pool.lent && a.base == pool.shared && a.cap == BUF_BLOCK);
+    /* a read nested in a's callback gets a block of its own */
+    REQUIRE(inbuf_for_read(&b, &pool) == 0);
+    CHECK(!b.lent && b.base != a.base);
+    inbuf_free(&b, &pool);
+    CHECK_EQ_INT(pool.n_free, 1);
+    /* a consumed everything: settle gives the block back, a holds nothing */
+    char *shared = pool.shared;
+    inbuf_settle(&a, &pool);
+    CHECK(a.base == NULL && !a.lent && !pool.lent && pool.shared == shared);
+    /* the next reader borrows the same block */
+    REQUIRE(inbuf_for_read(&b, &pool) == 0);
+    CHECK(b.lent && b.base == shared);
+    inbuf_settle(&b, &pool);
+    bufpool_destroy(&pool);
+}
+
+TEST(settle_keeps_what_the_reader_still_holds)
+{
+    struct bufpool pool;
+    REQUIRE(bufpool_init(&pool, 4) == 0);
+    /* a few bytes (a head waiting for a token) are copied out of the shared block */
+    struct inbuf a = {0};
+    REQUIRE(inbuf_for_read(&a, &pool) == 0);
+    char *shared = a.base;
+    memcpy(a.base, "GET / HTTP/1.1\r\n", 16);
+    a.len = 16;
+    a.off = 16;
+    inbuf_settle(&a, &pool);
+    CHECK(!a.lent && !pool.lent && a.base != shared && pool.shared == shared);
+    CHECK(a.cap > a.len && a.len == 16 && a.off == 16);
+    CHECK(memcmp(a.base, "GET / HTTP/1.1\r\n", 16) == 0);
+    inbuf_free(&a, &pool);
+    /* many bytes keep the block itself; the pool lends a fresh one next */
+    REQUIRE(inbuf_for_read(&a, &pool) == 0);
+    memset(a.base, 'b', 20000);
+    a.len = 20000;
+    a.off = 7;
+    inbuf_settle(&a, &pool);
+    CHECK(!a.lent && a.base == shared && a.cap == BUF_BLOCK && a.len == 20000 && a.off == 7);
+    CHECK(pool.shared == NULL);
+    struct inbuf b = {0};
+    REQUIRE(inbuf_for_read(&b, &pool) == 0);
+    CHECK(b.lent && b.base != shared);
+    inbuf_settle(&b, &pool);
+    inbuf_free(&a, &pool); /* a's block goes to the pool like any other */
+    CHECK_EQ_INT(pool.n_free, 1);
+    bufpool_destroy(&pool);
+}
+
+TEST(growing_a_borrowed_buffer_gives_the_shared_block_back)
+{
+    struct bufpool pool;
+    REQUIRE(bufpool_init(&pool, 4) == 0);
+    struct inbuf a = {0};
+    REQUIRE(inbuf_for_read(&a, &pool) == 0);
+    char *shared = a.base;
+    memcpy(a.base, "abc", 3);
+    a.len = 3;
+    REQUIRE(inbuf_grow(&a, &pool, 2 * BUF_BLOCK) == 0);
+    CHECK(!a.lent && !pool.lent && a.base != shared && pool.shared == shared);
+    CHECK(memcmp(a.base, "abc", 3) == 0 && a.len == 3);
+    CHECK_EQ_INT(pool.n_free, 0); /* the shared block is not put in the free list */
+    inbuf_free(&a, &pool);
+    bufpool_destroy(&pool);
+}
+
+TEST(iov_copy_after_partial_writes)
+{
+    char x[3] = {'a', 'b', 'c'}, y[4] = {'d', 'e', 'f', 'g'}, out[8];
+    uv_buf_t in[2] = {uv_buf_init(x, 3), uv_buf_init(y, 4)};
+    CHECK_EQ_INT(iov_len(in, 2), 7);
+    CHECK_EQ_INT(iov_copy(in, 2, 0, out), 7);
+    CHECK(memcmp(out, "abcdefg", 7) == 0);
+    CHECK_EQ_INT(iov_copy(in, 2, 2, out), 5);
+    CHECK(memcmp(out, "cdefg", 5) == 0);
+    CHECK_EQ_INT(iov_copy(in, 2, 5, out), 2);
+    CHECK(memcmp(out, "fg", 2) == 0);
+    CHECK_EQ_INT(iov_copy(in, 2, 7, out), 0);
+}
+
+TEST(bufpool_alloc_uses_blocks_only_for_mid_sizes)
+{
+    struct bufpool pool;
+    REQUIRE(bufpool_init(&pool, 4) == 0);
+    void *small = bufpool_alloc(&pool, 100), *mid = bufpool_alloc(&pool, 20000);
+    void *big = bufpool_alloc(&pool, 3 * BUF_BLOCK);
+    REQUIRE(small && mid && big);
+    memset(big, 0, 3 * BUF_BLOCK);
+    bufpool_release(&pool, small, 100);
+    CHECK_EQ_INT(pool.n_free, 0);
+    bufpool_release(&pool, mid, 20000);
+    CHECK_EQ_INT(pool.n_free, 1);
+    bufpool_release(&pool, big, 3 * BUF_BLOCK);
+    CHECK_EQ_INT(pool.n_free, 1);
+    bufpool_destroy(&pool);
 }

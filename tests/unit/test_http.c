@@ -2,6 +2,7 @@
  * callbacks, hop-by-hop classification, Connection-listed names, the smuggling facts the proxy
  * checks, Via loop detection and absolute-form target splitting. */
 #include <llhttp.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "http.h"
@@ -32,7 +33,7 @@ static void parse(struct parsed *x, const char *text, size_t split, int cap)
 {
     memset(x, 0, sizeof *x);
     x->hd.h = x->hdrs;
-    x->hd.cap = cap;
+    x->hd.cap = x->hd.max = cap;
     head_reset(&x->hd, 0);
     x->hd.base = text;
     llhttp_init(&x->p, HTTP_REQUEST, &settings);
@@ -146,6 +147,37 @@ TEST(too_many_headers)
     CHECK_EQ_INT(x.hd.error, HEAD_TOO_MANY);
     parse(&x, "GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n", 0, 2);
     CHECK_EQ_INT(x.rc, 0);
+}
+
+/* The header array starts small and doubles up to max; max stays the limit. */
+TEST(header_array_grows_up_to_max)
+{
+    static const char *text = "GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n\r\n";
+    for (int max = 4; max <= 5; max++) {
+        struct head hd;
+        memset(&hd, 0, sizeof hd);
+        hd.cap = 2;
+        hd.max = max;
+        hd.h = malloc(sizeof(struct hdr) * 2);
+        REQUIRE(hd.h != NULL);
+        head_reset(&hd, 0);
+        hd.base = text;
+        llhttp_t p;
+        llhttp_init(&p, HTTP_REQUEST, &settings);
+        p.data = &hd;
+        enum llhttp_errno e = llhttp_execute(&p, text, strlen(text));
+        if (max == 5) {
+            CHECK_EQ_INT(e, HPE_PAUSED);
+            CHECK_EQ_INT(hd.n, 5);
+            CHECK_EQ_INT(hd.cap, 5); /* 2, 4, then capped at max */
+            CHECK(memcmp(text + hd.h[4].name_off, "E", 1) == 0);
+            CHECK(memcmp(text + hd.h[0].val_off, "1", 1) == 0);
+        } else {
+            CHECK(e != HPE_OK && e != HPE_PAUSED);
+            CHECK_EQ_INT(hd.error, HEAD_TOO_MANY);
+        }
+        free(hd.h);
+    }
 }
 
 TEST(request_line_limit)
