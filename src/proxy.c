@@ -700,7 +700,10 @@ static int relay(struct exchange *ex, const char *head, size_t head_len, uint32_
     int w = client_write(ex->c, b, n);
     if (w == 1) {
         ex->client_write_pending = true;
-        upconn_read(ex->up, false);
+        if (ex->up) { /* backpressure: the upstream waits, and so does its timer */
+            upconn_read(ex->up, false);
+            upconn_timeout(ex->up, false);
+        }
     }
     return w;
 }
@@ -833,7 +836,10 @@ void proxy_client_drained(struct exchange *ex)
     if (ex->up) {
         struct inbuf *in = &ex->up->in;
         if (in->off == in->len) in->off = in->len = 0;
-        if (!ex->resp_done) upconn_read(ex->up, true);
+        if (!ex->resp_done) {
+            upconn_read(ex->up, true);
+            upconn_timeout(ex->up, true);
+        }
         resp_process(ex);
         return;
     }

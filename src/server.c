@@ -12,6 +12,7 @@
 #include "log.h"
 #include "loop.h"
 #include "proxy.h"
+#include "sock.h"
 
 #define LISTEN_BACKLOG 1024
 #define ERROR_BODY_MAX 1024
@@ -82,9 +83,20 @@ static void on_timeout(struct tnode *n)
     }
 }
 
+/* A client that accepts none of a response for idle_timeout_ms (nginx's send_timeout) is cut:
+ * it would hold its upstream connection forever. */
+static void on_send_timeout(struct tnode *n)
+{
+    struct client *c = container_of(n, struct client, to);
+    log_debug("client took no response bytes for %lld ms: closing",
+              (long long)c->loop->cfg->limits.idle_timeout_ms);
+    client_close(c);
+}
+
 void server_timers_init(struct loop *l)
 {
     l->to.fire[TO_HEADER] = l->to.fire[TO_IDLE] = l->to.fire[TO_LINGER] = on_timeout;
+    l->to.fire[TO_SEND] = on_send_timeout;
 }
 
 /* ---- reading ---- */
@@ -111,13 +123,8 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         buf->len = BUF_BLOCK;
         return;
     }
-    if (inbuf_for_read(&c->in, &c->loop->pool) < 0) {
-        buf->base = NULL;
-        buf->len = 0;
-        return;
-    }
-    buf->base = c->in.base + c->in.len;
-    buf->len = c->in.cap - c->in.len;
+    buf->base = NULL; /* readiness only: on_read receives itself (sock.h) */
+    buf->len = 0;
 }
 
 static void read_done(struct client *c, ssize_t nread)
@@ -140,16 +147,18 @@ static void read_done(struct client *c, ssize_t nread)
         return;
     }
     if (c->state == C_CLOSING) return; /* lingering: discard */
-    if (c->state == C_HEAD && !c->ex)  /* first bytes of a request */
-        timer_set(c, TO_HEADER);
     c->in.len += (uint32_t)nread;
     client_process(c);
+    /* a head still incomplete after this read must finish in time (a complete one never
+     * needed the timer: the common case costs no timer work) */
+    if (c->state == C_HEAD && c->ex && c->to.kind != TO_HEADER) timer_set(c, TO_HEADER);
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct client *c = s->data;
     (void)buf;
+    if (nread == UV_ENOBUFS && c->state < C_CLOSING) nread = sock_recv(s, &c->in, &c->loop->pool);
     read_done(c, nread);
     inbuf_settle(&c->in, &c->loop->pool);    /* what is still held becomes the client's own */
     if (c->ex) c->ex->req.base = c->in.base; /* the head is parsed in place: follow a copy */
@@ -318,6 +327,7 @@ static void on_written(uv_write_t *req, int status)
     bufpool_release(&c->loop->pool, w->data, w->len);
     free(w);
     c->write_pending = false;
+    if (c->to.kind == TO_SEND) tlist_clear(c);
     if (c->state == C_CLOSED) return;
     if (status < 0) {
         client_close(c);
@@ -350,6 +360,7 @@ static int queue_write(struct client *c, const uv_buf_t *bufs, unsigned n, size_
         return -1;
     }
     c->write_pending = true;
+    if (c->state == C_BODY || c->state == C_DONE) timer_set(c, TO_SEND);
     return 1;
 }
 
@@ -357,7 +368,7 @@ static int queue_write(struct client *c, const uv_buf_t *bufs, unsigned n, size_
  * are free again on return. 0: all written, 1: pending, -1: error. */
 static int write_or_queue(struct client *c, const uv_buf_t *bufs, unsigned n)
 {
-    int w = uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
+    int w = sock_send((uv_stream_t *)&c->tcp, bufs, n);
     if (w < 0 && w != UV_EAGAIN) return -1;
     size_t done = w > 0 ? (size_t)w : 0;
     if (done == iov_len(bufs, n)) return 0;

@@ -10,6 +10,7 @@ static uint64_t duration(struct loop *l, int kind)
     case TO_HEADER:
         return (uint64_t)lim->header_timeout_ms;
     case TO_IDLE:
+    case TO_SEND:
         return (uint64_t)lim->idle_timeout_ms;
     case TO_CONNECT:
         return (uint64_t)lim->upstream_connect_timeout_ms;
@@ -49,10 +50,11 @@ static void arm(struct timeouts *to, uint64_t at, uint64_t now)
 
 void timeout_set(struct loop *l, struct tnode *n, int kind)
 {
+    uint64_t now = uv_now(&l->uv), deadline = now + duration(l, kind);
+    if (n->kind == kind && n->deadline == deadline) return; /* refreshed within the same ms */
     timeout_clear(l, n);
     struct tlist *ls = &l->to.lists[kind];
-    uint64_t now = uv_now(&l->uv);
-    n->deadline = now + duration(l, kind);
+    n->deadline = deadline;
     n->kind = (uint8_t)kind;
     n->prev = ls->tail;
     if (ls->tail)

@@ -16,6 +16,7 @@ enum timeout_kind {
     TO_HEADER,   /* a request head must arrive within limits.header_timeout_ms */
     TO_IDLE,     /* a keep-alive client connection idles at most limits.idle_timeout_ms */
     TO_LINGER,   /* input discarded after a final response, then close */
+    TO_SEND,     /* a client takes none of a pending write for limits.idle_timeout_ms */
     TO_CONNECT,  /* upstream connect + TLS handshake: limits.upstream_connect_timeout_ms */
     TO_RESPONSE, /* upstream silent while a response is due: limits.upstream_timeout_ms */
     TO_POOL,     /* an idle pooled upstream connection */

@@ -398,7 +398,8 @@ static struct token_slot *slot_of(struct loop *l, const struct config *cfg, int 
     struct token_cache *tc = l->tokens;
     if (!tc || provider < 0 || provider >= cfg->n_providers) return NULL;
     const char *name = cfg->providers[provider].name;
-    if (provider < tc->n && strcmp(tc->slots[provider]->p->name, name) == 0)
+    if (provider < tc->n && (tc->slots[provider]->p == &cfg->providers[provider] ||
+                             strcmp(tc->slots[provider]->p->name, name) == 0))
         return tc->slots[provider];
     for (int i = 0; i < tc->n; i++)
         if (strcmp(tc->slots[i]->p->name, name) == 0) return tc->slots[i];
@@ -409,7 +410,10 @@ int token_get(struct loop *l, const struct config *cfg, int provider, struct tok
               struct token_result *r)
 {
     const struct provider_config *p = &cfg->providers[provider];
-    memset(r, 0, sizeof *r);
+    r->status = r->retry_after_s = 0; /* not a memset: detail[] is written only with an error */
+    r->error = NULL;
+    r->token = NULL;
+    r->detail[0] = 0;
     if (p->disabled) {
         r->status = 502;
         r->error = "provider_disabled";

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "sock.h"
 #include "loop.h"
 
 #define UPSTREAM_IDLE_MAX 256 /* idle connections kept per host */
@@ -183,13 +184,8 @@ static void on_alloc(uv_handle_t *hd, size_t suggested, uv_buf_t *buf)
         buf->len = BUF_BLOCK;
         return;
     }
-    if (inbuf_for_read(&c->in, &c->loop->pool) < 0) {
-        buf->base = NULL;
-        buf->len = 0;
-        return;
-    }
-    buf->base = c->in.base + c->in.len;
-    buf->len = c->in.cap - c->in.len;
+    buf->base = NULL; /* readiness only: on_read receives itself (sock.h) */
+    buf->len = 0;
 }
 
 /* Decrypts what the read BIO holds into c->in while there is room. Returns -1 on a TLS error,
@@ -274,6 +270,8 @@ static void read_done(struct upconn *c, ssize_t nread, const uv_buf_t *buf)
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct upconn *c = s->data;
+    if (nread == UV_ENOBUFS && !c->ssl && c->state != UC_CLOSING)
+        nread = sock_recv(s, &c->in, &c->loop->pool);
     read_done(c, nread, buf);
     inbuf_settle(&c->in, &c->loop->pool);
 }
@@ -349,7 +347,7 @@ static int tls_flush(struct upconn *c)
     long done = 0;
     if (c->writes_pending == 0) {
         uv_buf_t b = uv_buf_init(p, (unsigned)n);
-        int w = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        int w = sock_send((uv_stream_t *)&c->tcp, &b, 1);
         if (w > 0)
             done = w;
         else if (w < 0 && w != UV_EAGAIN)
@@ -386,7 +384,7 @@ int upconn_write(struct upconn *c, const uv_buf_t *bufs, unsigned n)
         return tls_flush(c);
     }
     /* what the socket does not take now is copied: callers' buffers are free on return */
-    int w = c->writes_pending ? UV_EAGAIN : uv_try_write((uv_stream_t *)&c->tcp, bufs, n);
+    int w = sock_send((uv_stream_t *)&c->tcp, bufs, n);
     if (w < 0 && w != UV_EAGAIN) return -1;
     size_t done = w > 0 ? (size_t)w : 0;
     if (done == iov_len(bufs, n)) return 0;

@@ -266,3 +266,50 @@ def test_upstream_resets_during_upload():
         time.sleep(0.2)
         assert px.alive(), "proxy died"
         assert get_json(px.port, "http://plain.test/echo")["path"] == "/echo"
+
+
+def test_stalled_reader_is_not_cut_by_the_upstream_timeout():
+    """While the client takes nothing, the proxy stops reading the upstream: the upstream's
+    silence then is ours, not its own, and upstream_timeout_ms must not cut the response."""
+    n = 16 * MiB
+    with proxied(limits={"upstream_timeout_ms": 400, "idle_timeout_ms": 20000}) as (up, px):
+        with Conn(px.port, timeout=20) as c:
+            c.send("GET http://plain.test/bytes?n=%d HTTP/1.1\r\nHost: plain.test\r\n\r\n" % n)
+            deadline = time.monotonic() + 20
+            head = c.read_until(b"\r\n\r\n", deadline)
+            assert head and head.startswith(b"HTTP/1.1 200"), "head %r" % head
+            time.sleep(1.5)  # the client reads nothing for almost 4x upstream_timeout_ms
+            got = read_pattern(c, n, deadline)
+            assert got == n, "a stalled download was cut after %d of %d bytes" % (got, n)
+        assert get_json(px.port, "http://plain.test/echo")["path"] == "/echo"
+
+
+def test_client_that_never_reads_is_closed_after_idle_timeout():
+    """A client that accepts no response bytes for idle_timeout_ms is closed (nginx's
+    send_timeout): it would otherwise hold its upstream connection for ever."""
+    n = 256 * MiB
+    with proxied(limits={"idle_timeout_ms": 600, "upstream_timeout_ms": 20000}) as (up, px):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        s.settimeout(10)
+        s.connect(("127.0.0.1", px.port))
+        try:
+            s.sendall(b"GET http://plain.test/bytes?n=%d HTTP/1.1\r\nHost: plain.test\r\n\r\n" % n)
+            time.sleep(2.5)  # never read meanwhile
+            got, deadline, ended = 0, time.monotonic() + 10, False
+            while time.monotonic() < deadline:
+                try:
+                    r = s.recv(1 << 20)
+                except ConnectionResetError:
+                    ended = True
+                    break
+                if not r:
+                    ended = True
+                    break
+                got += len(r)
+            assert ended, "the connection was still open 10 s after the client started reading"
+            assert got < n, "the whole response arrived: nothing was cut"
+        finally:
+            s.close()
+        assert px.alive(), "proxy died"
+        assert get_json(px.port, "http://plain.test/echo")["path"] == "/echo"
