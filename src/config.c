@@ -1309,6 +1309,17 @@ static int finish(struct parser *p, struct config *c, bool listen_is_list)
     for (const char *s = c->via; *s; s++)
         if (!via_char_ok(*s))
             return fail(p, "via", "must be a single token (letters, digits, '-', '.', '_', ':')");
+    /* lengths the request path would otherwise measure on every request */
+    c->via_len = strlen(c->via);
+    for (int i = 0; i < c->n_routes; i++) {
+        struct route_config *r = &c->routes[i];
+        r->host_len = r->host ? strlen(r->host) : 0;
+        r->prefix_len = r->path_prefix ? strlen(r->path_prefix) : 0;
+        if (r->has_upstream) {
+            r->upstream.authority_len = strlen(r->upstream.authority);
+            r->upstream.path_len = strlen(r->upstream.path);
+        }
+    }
     return 0;
 }
 

@@ -45,6 +45,7 @@ struct upstream_url {
     int port;        /* explicit or the scheme's default */
     char *authority; /* what goes into Host: "host" or "host:port" when port is not default */
     char *path;      /* "" or "/base" without trailing slash */
+    size_t authority_len, path_len;
 };
 
 struct provider_config {
@@ -82,6 +83,7 @@ struct route_config {
     bool host_wildcard; /* host is a suffix starting with '.' */
     int host_port;      /* 0 = any port */
     char *path_prefix;  /* NULL: any path */
+    size_t host_len, prefix_len; /* strlen of host and path_prefix (0 when NULL) */
     bool strip_prefix;
     bool has_upstream; /* false: https://<requested host> (http when no provider...) */
     struct upstream_url upstream;
@@ -107,6 +109,7 @@ struct config {
     struct listen_addr admin_listen;
     bool allow_remote;
     char *via; /* the name this instance appends to Via */
+    size_t via_len;
     enum log_level log_level;
     enum log_format log_format;
     char *ca_file;

@@ -81,6 +81,10 @@ struct exchange *proxy_exchange_new(struct loop *l, struct client *c)
     ex->out_cap = out_cap;
     ex->saved = saved;
     ex->saved_cap = saved_cap;
+    ex->host[0] = '\0'; /* a request that names no host must not route by a previous one's */
+    ex->port = 0;
+    ex->tok.token = NULL;
+    ex->tok.status = 0;
     ex->loop = l;
     ex->c = c;
     ex->cfg = config_ref(l->cfg);
@@ -165,11 +169,6 @@ static inline size_t put(char *o, const char *s, size_t n)
     return n;
 }
 #define PUT_LIT(o, lit) put((o), (lit), sizeof(lit) - 1)
-
-static size_t put_str(char *o, const char *s)
-{
-    return put(o, s, strlen(s));
-}
 
 static int ensure_out(struct exchange *ex, size_t need)
 {
@@ -342,7 +341,7 @@ static size_t put_authority(const struct exchange *ex, char *out)
 {
     const struct route_config *r = ex->route;
     if (r->has_upstream) {
-        size_t n = strlen(r->upstream.authority);
+        size_t n = r->upstream.authority_len;
         memcpy(out, r->upstream.authority, n);
         return n;
     }
@@ -424,7 +423,7 @@ static int send_head(struct exchange *ex)
             path_len -= s;
         }
         const char *base = r->has_upstream ? r->upstream.path : "";
-        size_t base_len = strlen(base);
+        size_t base_len = r->has_upstream ? r->upstream.path_len : 0;
         const char *method = llhttp_method_name((llhttp_method_t)ex->method);
         /* kept header lines go out as slices of the client's buffer, one per run of adjacent
          * lines; a head with more runs than iovecs is copied into out instead */
@@ -437,11 +436,12 @@ static int send_head(struct exchange *ex)
             prev_end = h->line_end;
         }
         bool copy = runs > REQ_IOV_MAX - 8;
-        size_t need = strlen(method) + base_len + path_len + 16 + AUTHORITY_MAX + 32 +
-                      strlen(ex->cfg->via) + 16 + (copy ? hd->end - hd->start : 0);
+        size_t method_len = strlen(method);
+        size_t need = method_len + base_len + path_len + 16 + AUTHORITY_MAX + 32 +
+                      ex->cfg->via_len + 16 + (copy ? hd->end - hd->start : 0);
         if (ensure_out(ex, need) < 0) return -1;
         char *o = ex->out;
-        size_t k = put_str(o, method);
+        size_t k = put(o, method, method_len);
         o[k++] = ' ';
         memcpy(o + k, base, base_len);
         k += base_len;
@@ -478,7 +478,7 @@ static int send_head(struct exchange *ex)
         tl += 6;
         tl += put_authority(ex, t + tl);
         tl += PUT_LIT(t + tl, "\r\nVia: 1.1 ");
-        tl += put_str(t + tl, ex->cfg->via);
+        tl += put(t + tl, ex->cfg->via, ex->cfg->via_len);
         tl += PUT_LIT(t + tl, "\r\n");
         iov[n++] = uv_buf_init(t, (unsigned)tl);
         if (save_head(ex, iov, n) < 0) return -1;
@@ -638,7 +638,7 @@ static int build_resp_head(struct exchange *ex, bool interim)
         unsigned char ch = (unsigned char)hd->base[hd->line_off + i];
         if ((ch < 0x20 && ch != '\t') || ch == 0x7f) return -1;
     }
-    size_t need = 32 + hd->line_len + (hd->end - hd->start) + strlen(ex->cfg->via) + 64;
+    size_t need = 32 + hd->line_len + (hd->end - hd->start) + ex->cfg->via_len + 64;
     if (ensure_out(ex, need) < 0) return -1;
     char *o = ex->out;
     size_t k = PUT_LIT(o, "HTTP/1.1 ");
@@ -664,7 +664,7 @@ static int build_resp_head(struct exchange *ex, bool interim)
         return (int)(k + 2);
     }
     k += PUT_LIT(o + k, "Via: 1.1 ");
-    k += put_str(o + k, ex->cfg->via);
+    k += put(o + k, ex->cfg->via, ex->cfg->via_len);
     k += PUT_LIT(o + k, "\r\n");
     if (client_closes_after(ex))
         k += PUT_LIT(o + k, "Connection: close\r\n");

@@ -34,7 +34,6 @@ struct exchange {
     llhttp_t parser; /* the request's */
     llhttp_t rp;     /* the response's */
     struct token_wait tw;
-    struct token_result tok;
     char *out; /* request line / response head scratch, out_cap bytes */
     uint32_t out_cap;
     char *saved; /* the upstream request head without token, kept for a 401 replay */
@@ -52,7 +51,9 @@ struct exchange {
     uint32_t resp_w;    /* dechunk: write cursor in the upstream buffer */
     uint32_t resp_mark; /* start of response bytes not yet written to the client */
     uint32_t head_out;  /* length of a response head in out not yet written */
+    /* not cleared per request (set before use; proxy_exchange_new resets host, port, tok) */
     char host[HOST_MAX];
+    struct token_result tok;
     int port;
     /* upstream target */
     bool up_tls;

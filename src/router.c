@@ -96,7 +96,7 @@ int host_normalize(const char *in, size_t len, int default_port, char out[HOST_M
 static bool host_matches(const struct route_config *r, const char *host, size_t host_len, int port)
 {
     if (r->host_port != 0 && r->host_port != port) return false;
-    size_t rlen = strlen(r->host);
+    size_t rlen = r->host_len;
     if (r->host_wildcard) /* ".x.com" matches "a.x.com", "b.a.x.com", never "x.com" */
         return host_len > rlen && memcmp(host + host_len - rlen, r->host, rlen) == 0;
     return host_len == rlen && memcmp(host, r->host, rlen) == 0;
@@ -110,7 +110,7 @@ const struct route_config *router_match(const struct config *c, const char *host
         const struct route_config *r = &c->routes[i];
         if (r->host && (host_len == 0 || !host_matches(r, host, host_len, port))) continue;
         if (r->path_prefix) {
-            size_t plen = strlen(r->path_prefix);
+            size_t plen = r->prefix_len;
             if (!origin_form || !path || path_len < plen) continue;
             if (memcmp(path, r->path_prefix, plen) != 0) continue;
         }
@@ -122,7 +122,7 @@ const struct route_config *router_match(const struct config *c, const char *host
 size_t router_strip_len(const struct route_config *r, const char *path, size_t path_len)
 {
     if (!r->strip_prefix || !r->path_prefix) return 0;
-    size_t plen = strlen(r->path_prefix);
+    size_t plen = r->prefix_len;
     if (path_len < plen || memcmp(path, r->path_prefix, plen) != 0) return 0;
     /* "/eptura/" on "/eptura/v1": keep the prefix's own last '/' as the remainder's first byte */
     if (r->path_prefix[plen - 1] == '/') return plen - 1;

@@ -17,14 +17,6 @@
 #define LISTEN_BACKLOG 1024
 #define ERROR_BODY_MAX 1024
 
-/* A write that could not complete at once, with its own copy of the bytes left. */
-struct cwrite {
-    uv_write_t req;
-    struct client *c;
-    char *data;
-    size_t len;
-};
-
 static void client_process(struct client *c);
 static void client_close(struct client *c);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
@@ -322,10 +314,7 @@ static void shutdown_write(struct client *c);
 
 static void on_written(uv_write_t *req, int status)
 {
-    struct cwrite *w = container_of(req, struct cwrite, req);
-    struct client *c = w->c;
-    bufpool_release(&c->loop->pool, w->data, w->len);
-    free(w);
+    struct client *c = sock_write_done(req);
     c->write_pending = false;
     if (c->to.kind == TO_SEND) tlist_clear(c);
     if (c->state == C_CLOSED) return;
@@ -343,22 +332,8 @@ static void on_written(uv_write_t *req, int status)
 /* Queues a copy of bufs after their first `done` bytes. Returns 1, or -1 on failure. */
 static int queue_write(struct client *c, const uv_buf_t *bufs, unsigned n, size_t done)
 {
-    struct cwrite *w = malloc(sizeof *w);
-    if (!w) return -1;
-    w->c = c;
-    w->len = iov_len(bufs, n) - done;
-    w->data = bufpool_alloc(&c->loop->pool, w->len);
-    if (!w->data) {
-        free(w);
+    if (sock_queue_copy((uv_stream_t *)&c->tcp, &c->loop->pool, bufs, n, done, c, on_written) < 0)
         return -1;
-    }
-    iov_copy(bufs, n, done, w->data);
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
-    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0) {
-        bufpool_release(&c->loop->pool, w->data, w->len);
-        free(w);
-        return -1;
-    }
     c->write_pending = true;
     if (c->state == C_BODY || c->state == C_DONE) timer_set(c, TO_SEND);
     return 1;

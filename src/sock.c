@@ -8,7 +8,16 @@
 #include "sock.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <sys/socket.h>
+
+struct owned_write {
+    uv_write_t req;
+    struct bufpool *pool;
+    void *owner;
+    char *data;
+    size_t len;
+};
 
 static int fd_of(uv_stream_t *s)
 {
@@ -42,4 +51,36 @@ int sock_send(uv_stream_t *s, const uv_buf_t *bufs, unsigned n)
     if (w >= 0) return (int)w;
     if (errno == EAGAIN || errno == EWOULDBLOCK) return UV_EAGAIN;
     return uv_translate_sys_error(errno);
+}
+
+int sock_queue_copy(uv_stream_t *s, struct bufpool *p, const uv_buf_t *bufs, unsigned n,
+                    size_t done, void *owner, uv_write_cb cb)
+{
+    struct owned_write *w = malloc(sizeof *w);
+    if (!w) return -1;
+    w->pool = p;
+    w->owner = owner;
+    w->len = iov_len(bufs, n) - done;
+    w->data = bufpool_alloc(p, w->len);
+    if (!w->data) {
+        free(w);
+        return -1;
+    }
+    iov_copy(bufs, n, done, w->data);
+    uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
+    if (uv_write(&w->req, s, &b, 1, cb) < 0) {
+        bufpool_release(p, w->data, w->len);
+        free(w);
+        return -1;
+    }
+    return 0;
+}
+
+void *sock_write_done(uv_write_t *req)
+{
+    struct owned_write *w = (struct owned_write *)req; /* req is the first member */
+    void *owner = w->owner;
+    bufpool_release(w->pool, w->data, w->len);
+    free(w);
+    return owner;
 }

@@ -1,5 +1,6 @@
 /* sock.h - the data path's socket calls: recv() into an input buffer and sendmsg() of iovecs
- * straight on a libuv stream's descriptor (see sock.c). Owns no memory. */
+ * straight on a libuv stream's descriptor, and the writes that cannot complete at once (see
+ * sock.c). A queued write owns a copy of its bytes until its callback calls sock_write_done. */
 #ifndef AUTHPROXY_SOCK_H
 #define AUTHPROXY_SOCK_H
 
@@ -15,5 +16,11 @@ ssize_t sock_recv(uv_stream_t *s, struct inbuf *b, struct bufpool *p);
 /* Like uv_try_write: what the socket takes now, or UV_EAGAIN (also while libuv has queued
  * writes, which must go first), or another negative libuv error. */
 int sock_send(uv_stream_t *s, const uv_buf_t *bufs, unsigned n);
+/* Queues on s a copy of bufs after their first `done` bytes (libuv writes it when the socket
+ * takes it; cb is then called). Returns 0, or -1 on failure. */
+int sock_queue_copy(uv_stream_t *s, struct bufpool *p, const uv_buf_t *bufs, unsigned n,
+                    size_t done, void *owner, uv_write_cb cb);
+/* In cb: frees the copy and returns the owner given to sock_queue_copy. */
+void *sock_write_done(uv_write_t *req);
 
 #endif

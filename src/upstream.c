@@ -25,14 +25,6 @@
 
 enum { UC_RESOLVING, UC_CONNECTING, UC_HANDSHAKE, UC_ACTIVE, UC_IDLE, UC_CLOSING };
 
-/* A write that could not complete at once, with its own copy of the bytes left. */
-struct owned_write {
-    uv_write_t req;
-    struct upconn *c;
-    char *data;
-    size_t len;
-};
-
 struct conn_req {
     uv_getaddrinfo_t gai;
     uv_connect_t connect;
@@ -292,42 +284,18 @@ void upconn_read(struct upconn *c, bool on)
 
 /* ---- writing ---- */
 
-/* Queues a copy of bufs after their first `done` bytes. Returns 0, or -1 on failure. */
 static int queue_write(struct upconn *c, const uv_buf_t *bufs, unsigned n, size_t done,
                        uv_write_cb cb)
 {
-    struct owned_write *w = malloc(sizeof *w);
-    if (!w) return -1;
-    w->c = c;
-    w->len = iov_len(bufs, n) - done;
-    w->data = bufpool_alloc(&c->loop->pool, w->len);
-    if (!w->data) {
-        free(w);
+    if (sock_queue_copy((uv_stream_t *)&c->tcp, &c->loop->pool, bufs, n, done, c, cb) < 0)
         return -1;
-    }
-    iov_copy(bufs, n, done, w->data);
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)w->len);
-    if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, cb) < 0) {
-        bufpool_release(&c->loop->pool, w->data, w->len);
-        free(w);
-        return -1;
-    }
     c->writes_pending++;
     return 0;
 }
 
-static struct upconn *write_done(uv_write_t *req)
-{
-    struct owned_write *w = container_of(req, struct owned_write, req);
-    struct upconn *c = w->c;
-    bufpool_release(&c->loop->pool, w->data, w->len);
-    free(w);
-    return c;
-}
-
 static void on_tls_written(uv_write_t *req, int status)
 {
-    struct upconn *c = write_done(req);
+    struct upconn *c = sock_write_done(req);
     c->writes_pending--;
     if (c->state == UC_CLOSING) return;
     if (status < 0) {
@@ -363,7 +331,7 @@ static int tls_flush(struct upconn *c)
 
 static void on_plain_written(uv_write_t *req, int status)
 {
-    struct upconn *c = write_done(req);
+    struct upconn *c = sock_write_done(req);
     c->writes_pending--;
     if (c->state == UC_CLOSING) return;
     if (status < 0) {

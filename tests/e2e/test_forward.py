@@ -329,6 +329,19 @@ def test_no_route_is_403_and_upstream_untouched():
         assert up.stats()["requests"] == 0, "upstream saw a request without a route"
 
 
+def test_http10_request_without_host_does_not_inherit_a_previous_host():
+    """Exchange objects are pooled: a request that names no host must not be routed by the
+    host a previous request left behind."""
+    with proxied() as (up, px):
+        assert get_json(px.port, "http://plain.test/echo")["path"] == "/echo"
+        n = up.stats()["requests"]
+        with Conn(px.port) as c:
+            c.send("GET /echo HTTP/1.0\r\n\r\n")
+            r = c.read_response()
+            assert r is not None and r.status in (400, 403), "got %r" % r
+        assert up.stats()["requests"] == n, "a request without a host reached an upstream"
+
+
 def test_upstream_response_with_cl_and_te_is_not_passed_ambiguously():
     with proxied() as (up, px):
         with Conn(px.port) as c:
