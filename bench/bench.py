@@ -760,7 +760,9 @@ class Bench:
             if line.startswith("BENCH_RESULT "):
                 res = json.loads(line[len("BENCH_RESULT "):])
         run = {"round": rnd, "row": row, "conns": conns, "contender": c, "rc": rc,
-               "wrk_output": out, "cmd": cmd, "background_cpu_pct": bg_pct}
+               "wrk_output": out, "background_cpu_pct": bg_pct,
+               # the run's token is a credential like any other: never written to results
+               "cmd": [x.replace(self.token, "<token>") for x in cmd]}
         if res:
             reqs = res["requests"]
             run.update(res)
