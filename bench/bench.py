@@ -306,6 +306,16 @@ def one_request(port, raw, timeout=10.0):
         c.close()
 
 
+def recv_nb(s):
+    """Non-blocking read: bytes, b"" when the peer closed or failed, None when nothing is there."""
+    try:
+        return s.recv(65536)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
 def many_connections(port, n, raw, batch, send_at_once, timeout=60.0):
     """Opens n connections. send_at_once=False: connect+request batch by batch (idle-connection
     test); True: connect all first, then send every request back to back (burst test).
@@ -346,12 +356,9 @@ def many_connections(port, n, raw, batch, send_at_once, timeout=60.0):
                 raise TimeoutError("responses timed out (%d pending)" % len(pend))
             for key, _ in sel.select(1.0):
                 s = key.fileobj
-                try:
-                    chunk = s.recv(65536)
-                except BlockingIOError:
+                chunk = recv_nb(s)
+                if chunk is None:
                     continue
-                except OSError:
-                    chunk = b""
                 if not chunk:
                     statuses.append(-1)
                     sel.unregister(s)
@@ -1179,12 +1186,9 @@ class Bench:
                     st["refresh"][str(code)] = st["refresh"].get(str(code), 0) + 1
                 for key, _ in sel.select(0.05):
                     s = key.fileobj
-                    try:
-                        chunk = s.recv(65536)
-                    except BlockingIOError:
+                    chunk = recv_nb(s)
+                    if chunk is None:
                         continue
-                    except OSError:
-                        chunk = b""
                     if not chunk:  # closed without (a complete) answer
                         st["statuses"]["-1"] = st["statuses"].get("-1", 0) + 1
                         drop(s)

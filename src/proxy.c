@@ -749,6 +749,8 @@ static void resp_process(struct exchange *ex)
             if (!ex->resp_kick) break;
         }
         ex->resp_kick = false; /* a bodyless message completes on an empty execute */
+        if (!in->base && inbuf_ensure(in, &ex->loop->pool) < 0) /* llhttp wants a pointer */
+            return resp_fail(ex, UP_UNAVAILABLE);
         ex->resp.base = in->base;
         uint32_t from = in->off;
         ex->resp_w = from;

@@ -239,6 +239,10 @@ static void parse_head(struct client *c)
 static void parse_body(struct client *c)
 {
     if (!c->ex) return;
+    if (!c->in.base) { /* nothing held (it was all forwarded): nothing to parse; a body never */
+        proxy_client_data(c->ex); /* completes on an empty execute, only a bodyless head does */
+        return;
+    }
     c->ex->req.base = c->in.base;
     const char *start = c->in.base + c->in.off;
     llhttp_t *p = &c->ex->parser;
