@@ -125,8 +125,10 @@ void proxy_exchange_free(struct exchange *ex)
     }
     token_put(ex->tok.token);
     ex->tok.token = NULL;
-    free(ex->replay);
-    ex->replay = NULL;
+    if (ex->replay) { /* only a request with a body to a token route has one */
+        free(ex->replay);
+        ex->replay = NULL;
+    }
     config_unref(ex->cfg);
     ex->cfg = NULL;
     l->active_ex--;
