@@ -29,7 +29,7 @@ static int fd_of(uv_stream_t *s)
 ssize_t sock_recv(uv_stream_t *s, struct inbuf *b, struct bufpool *p)
 {
     if (inbuf_for_read(b, p) < 0) return UV_ENOBUFS;
-    if (b->len >= b->cap) return 0;
+    if (b->len >= b->cap) return UV_ENOBUFS; /* no room: the caller stops reading, as libuv does */
     ssize_t n;
     do
         n = recv(fd_of(s), b->base + b->len, b->cap - b->len, 0);

@@ -10,8 +10,8 @@
 #include "buf.h"
 
 /* Receives into b's free space (b borrows the pool's shared block when it has none).
- * Returns the bytes received (> 0), 0 when nothing is there (or no room), UV_EOF, UV_ENOBUFS
- * when out of memory, or another negative libuv error. */
+ * Returns the bytes received (> 0), 0 when nothing is there, UV_EOF, UV_ENOBUFS when b has no
+ * room or memory ran out, or another negative libuv error. */
 ssize_t sock_recv(uv_stream_t *s, struct inbuf *b, struct bufpool *p);
 /* Like uv_try_write: what the socket takes now, or UV_EAGAIN (also while libuv has queued
  * writes, which must go first), or another negative libuv error. */
