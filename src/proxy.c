@@ -199,6 +199,13 @@ static void fail(struct exchange *ex, int status, const char *code, const char *
 static void fail_upstream(struct exchange *ex, int err)
 {
     char d[HOST_MAX + 64];
+    /* the upstream waited for body bytes the client did not send: the client's timeout */
+    if (err == UP_TIMEOUT && ex->head_sent && ex->has_body && !ex->req_complete &&
+        !ex->up_write_pending) {
+        client_error(ex->c, 408, "request_timeout", "the request body was not received in time",
+                     NULL, 0);
+        return;
+    }
     if (err == UP_TIMEOUT) {
         snprintf(d, sizeof d, "upstream %s:%d did not answer in time", ex->up_host, ex->up_port);
         fail(ex, 504, "upstream_timeout", d);
@@ -780,7 +787,8 @@ static void resp_process(struct exchange *ex)
                 ex->resp_mark = pos;
                 llhttp_resume(&ex->rp);
                 ex->resp_kick = true;
-                if (status == 101) continue; /* never passed on: no upgrades */
+                if (status == 101) continue;       /* never passed on: no upgrades */
+                if (ex->http_minor == 0) continue; /* HTTP/1.0 clients get no 1xx (RFC 9110 15.2) */
                 int hl = build_resp_head(ex, true);
                 if (hl < 0) return resp_fail(ex, UP_UNAVAILABLE);
                 if (relay(ex, ex->out, (size_t)hl, 0, 0) < 0) return client_abort(ex->c);

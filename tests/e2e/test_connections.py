@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 
-from harness import T, Conn, get_json, pattern_bytes, proxied, sha256
+from harness import T, Conn, assert_error, get_json, pattern_bytes, proxied, sha256
 
 REQ = "GET http://plain.test/echo?i=%d HTTP/1.1\r\nHost: plain.test\r\n\r\n"
 
@@ -260,6 +260,33 @@ def test_upstream_informational_103_then_200():
             c.send("GET http://plain.test/echo HTTP/1.1\r\nHost: plain.test\r\n\r\n")
             r = c.read_response()
             assert r is not None and r.status == 200 and r.json()["path"] == "/echo", "%r" % r
+
+
+def test_no_informational_response_to_http10_client():
+    """RFC 9110 15.2: a 1xx is not sent to an HTTP/1.0 client; the final response is."""
+    with proxied() as (up, px):
+        with Conn(px.port) as c:
+            c.send("GET http://plain.test/early HTTP/1.0\r\nHost: plain.test\r\n\r\n")
+            deadline = time.monotonic() + T
+            while not c.eof and time.monotonic() < deadline:
+                try:
+                    if not c._fill(deadline):
+                        break
+                except socket.timeout:
+                    break
+            raw = bytes(c.buf)
+            assert raw.startswith(b"HTTP/1.1 200 "), "an HTTP/1.0 client got %r" % raw[:120]
+            assert b" 103 " not in raw and raw.endswith(b"after early hints"), "%r" % raw
+
+
+def test_stalled_request_body_is_408_not_504():
+    """The upstream waits for body bytes the client never sends: that is the client's
+    timeout (408 request_timeout), not the upstream's (504)."""
+    with proxied(limits={"upstream_timeout_ms": 500}) as (up, px):
+        with Conn(px.port) as c:
+            c.send("POST http://plain.test/echo HTTP/1.1\r\nHost: plain.test\r\n"
+                   "Content-Length: 100\r\n\r\n0123456789")
+            assert_error(c.read_response(timeout=5), 408, "request_timeout")
 
 
 def test_pooled_connection_dead_on_reuse_idempotent_retried():
