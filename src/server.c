@@ -333,25 +333,16 @@ static void on_written(uv_write_t *req, int status)
     if (c->ex) proxy_client_drained(c->ex);
 }
 
-/* Queues a copy of bufs after their first `done` bytes. Returns 1, or -1 on failure. */
-static int queue_write(struct client *c, const uv_buf_t *bufs, unsigned n, size_t done)
-{
-    if (sock_queue_copy((uv_stream_t *)&c->tcp, &c->loop->pool, bufs, n, done, c, on_written) < 0)
-        return -1;
-    c->write_pending = true;
-    if (c->state == C_BODY || c->state == C_DONE) timer_set(c, TO_SEND);
-    return 1;
-}
-
-/* Writes now what the socket takes; the rest is copied and queued, so the caller's buffers
- * are free again on return. 0: all written, 1: pending, -1: error. */
+/* Writes now what the socket takes; the rest goes out later from a copy (sock.h).
+ * 0: all written, 1: pending, -1: error. */
 static int write_or_queue(struct client *c, const uv_buf_t *bufs, unsigned n)
 {
-    int w = sock_send((uv_stream_t *)&c->tcp, bufs, n);
-    if (w < 0 && w != UV_EAGAIN) return -1;
-    size_t done = w > 0 ? (size_t)w : 0;
-    if (done == iov_len(bufs, n)) return 0;
-    return queue_write(c, bufs, n, done);
+    int w = sock_write((uv_stream_t *)&c->tcp, &c->loop->pool, bufs, n, c, on_written);
+    if (w == 1) {
+        c->write_pending = true;
+        if (c->state == C_BODY || c->state == C_DONE) timer_set(c, TO_SEND);
+    }
+    return w;
 }
 
 int client_write(struct client *c, const uv_buf_t *bufs, unsigned n)
@@ -529,8 +520,7 @@ void client_respond(struct client *c, int status, const char *ctype, const char 
     uv_buf_t b[2] = {uv_buf_init(head, (unsigned)hl),
                      uv_buf_init((char *)body, (unsigned)body_len)};
     /* behind a pending write (a relayed 1xx) it queues; uv_shutdown waits for both */
-    int w = c->write_pending ? queue_write(c, b, 2, 0) : write_or_queue(c, b, 2);
-    if (w < 0) {
+    if (write_or_queue(c, b, 2) < 0) {
         client_close(c);
         return;
     }

@@ -40,7 +40,8 @@ ssize_t sock_recv(uv_stream_t *s, struct inbuf *b, struct bufpool *p)
     return uv_translate_sys_error(errno);
 }
 
-int sock_send(uv_stream_t *s, const uv_buf_t *bufs, unsigned n)
+/* Like uv_try_write: what the socket takes now, or UV_EAGAIN, or another libuv error. */
+static int sock_send(uv_stream_t *s, const uv_buf_t *bufs, unsigned n)
 {
     if (s->write_queue_size != 0) return UV_EAGAIN;
     struct msghdr m = {.msg_iov = (struct iovec *)bufs, .msg_iovlen = n};
@@ -53,8 +54,8 @@ int sock_send(uv_stream_t *s, const uv_buf_t *bufs, unsigned n)
     return uv_translate_sys_error(errno);
 }
 
-int sock_queue_copy(uv_stream_t *s, struct bufpool *p, const uv_buf_t *bufs, unsigned n,
-                    size_t done, void *owner, uv_write_cb cb)
+static int queue_copy(uv_stream_t *s, struct bufpool *p, const uv_buf_t *bufs, unsigned n,
+                      size_t done, void *owner, uv_write_cb cb)
 {
     struct owned_write *w = malloc(sizeof *w);
     if (!w) return -1;
@@ -74,6 +75,16 @@ int sock_queue_copy(uv_stream_t *s, struct bufpool *p, const uv_buf_t *bufs, uns
         return -1;
     }
     return 0;
+}
+
+int sock_write(uv_stream_t *s, struct bufpool *p, const uv_buf_t *bufs, unsigned n, void *owner,
+               uv_write_cb cb)
+{
+    int w = sock_send(s, bufs, n);
+    if (w < 0 && w != UV_EAGAIN) return -1;
+    size_t done = w > 0 ? (size_t)w : 0;
+    if (done == iov_len(bufs, n)) return 0;
+    return queue_copy(s, p, bufs, n, done, owner, cb) < 0 ? -1 : 1;
 }
 
 void *sock_write_done(uv_write_t *req)

@@ -13,14 +13,12 @@
  * Returns the bytes received (> 0), 0 when nothing is there, UV_EOF, UV_ENOBUFS when b has no
  * room or memory ran out, or another negative libuv error. */
 ssize_t sock_recv(uv_stream_t *s, struct inbuf *b, struct bufpool *p);
-/* Like uv_try_write: what the socket takes now, or UV_EAGAIN (also while libuv has queued
- * writes, which must go first), or another negative libuv error. */
-int sock_send(uv_stream_t *s, const uv_buf_t *bufs, unsigned n);
-/* Queues on s a copy of bufs after their first `done` bytes (libuv writes it when the socket
- * takes it; cb is then called). Returns 0, or -1 on failure. */
-int sock_queue_copy(uv_stream_t *s, struct bufpool *p, const uv_buf_t *bufs, unsigned n,
-                    size_t done, void *owner, uv_write_cb cb);
-/* In cb: frees the copy and returns the owner given to sock_queue_copy. */
+/* Sends what the socket takes now (nothing while libuv still has queued writes, which go
+ * first) and queues a copy of the rest, which libuv writes when the socket takes it, then calls
+ * cb: the caller's buffers are free again on return. 0: all sent, 1: queued, -1: error. */
+int sock_write(uv_stream_t *s, struct bufpool *p, const uv_buf_t *bufs, unsigned n, void *owner,
+               uv_write_cb cb);
+/* In cb: frees the copy and returns the owner given to sock_write. */
 void *sock_write_done(uv_write_t *req);
 
 #endif

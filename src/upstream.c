@@ -284,16 +284,7 @@ void upconn_read(struct upconn *c, bool on)
 
 /* ---- writing ---- */
 
-static int queue_write(struct upconn *c, const uv_buf_t *bufs, unsigned n, size_t done,
-                       uv_write_cb cb)
-{
-    if (sock_queue_copy((uv_stream_t *)&c->tcp, &c->loop->pool, bufs, n, done, c, cb) < 0)
-        return -1;
-    c->writes_pending++;
-    return 0;
-}
-
-static void on_tls_written(uv_write_t *req, int status)
+static void on_written(uv_write_t *req, int status)
 {
     struct upconn *c = sock_write_done(req);
     c->writes_pending--;
@@ -302,7 +293,16 @@ static void on_tls_written(uv_write_t *req, int status)
         conn_fail(c, UP_UNAVAILABLE);
         return;
     }
+    /* handshake writes drain before the owner has a connection to write on */
     if (c->writes_pending == 0 && c->state == UC_ACTIVE && c->ops) c->ops->drained(c->arg, c);
+}
+
+/* Writes now what the socket takes, the rest later from a copy (sock.h): 0, 1 pending, -1. */
+static int write_out(struct upconn *c, const uv_buf_t *bufs, unsigned n)
+{
+    int w = sock_write((uv_stream_t *)&c->tcp, &c->loop->pool, bufs, n, c, on_written);
+    if (w == 1) c->writes_pending++;
+    return w;
 }
 
 /* Sends what the write BIO holds. Returns 0 when all went out now, 1 when a write is pending,
@@ -312,33 +312,10 @@ static int tls_flush(struct upconn *c)
     char *p;
     long n = BIO_get_mem_data(c->wbio, &p);
     if (n <= 0) return c->writes_pending ? 1 : 0;
-    long done = 0;
-    if (c->writes_pending == 0) {
-        uv_buf_t b = uv_buf_init(p, (unsigned)n);
-        int w = sock_send((uv_stream_t *)&c->tcp, &b, 1);
-        if (w > 0)
-            done = w;
-        else if (w < 0 && w != UV_EAGAIN)
-            return -1;
-    }
-    if (done < n) {
-        uv_buf_t b = uv_buf_init(p, (unsigned)n);
-        if (queue_write(c, &b, 1, (size_t)done, on_tls_written) < 0) return -1;
-    }
+    uv_buf_t b = uv_buf_init(p, (unsigned)n);
+    if (write_out(c, &b, 1) < 0) return -1;
     (void)BIO_reset(c->wbio);
     return c->writes_pending ? 1 : 0;
-}
-
-static void on_plain_written(uv_write_t *req, int status)
-{
-    struct upconn *c = sock_write_done(req);
-    c->writes_pending--;
-    if (c->state == UC_CLOSING) return;
-    if (status < 0) {
-        conn_fail(c, UP_UNAVAILABLE);
-        return;
-    }
-    if (c->writes_pending == 0 && c->ops) c->ops->drained(c->arg, c);
 }
 
 int upconn_write(struct upconn *c, const uv_buf_t *bufs, unsigned n)
@@ -351,12 +328,7 @@ int upconn_write(struct upconn *c, const uv_buf_t *bufs, unsigned n)
         }
         return tls_flush(c);
     }
-    /* what the socket does not take now is copied: callers' buffers are free on return */
-    int w = sock_send((uv_stream_t *)&c->tcp, bufs, n);
-    if (w < 0 && w != UV_EAGAIN) return -1;
-    size_t done = w > 0 ? (size_t)w : 0;
-    if (done == iov_len(bufs, n)) return 0;
-    return queue_write(c, bufs, n, done, on_plain_written) < 0 ? -1 : 1;
+    return write_out(c, bufs, n);
 }
 
 /* ---- connecting ---- */
