@@ -184,7 +184,25 @@ def certs():
 # ---------------------------------------------------------------------------------------------
 # mock upstream
 
-class Mock:
+class Process:
+    """A child process with a log file: stopped by its pid, usable as a context manager."""
+
+    def stop(self):
+        stop_process(self.proc, term_wait=3)
+        try:
+            self.proc.stdout.close()
+        except Exception:
+            pass
+        self.log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.stop()
+
+
+class Mock(Process):
     """The mock upstream in its own process. tls: None, True (CA-signed localhost cert),
     or a (cert, key) pair."""
 
@@ -248,21 +266,6 @@ class Mock:
             return st
         finally:
             c.close()
-
-    def stop(self):
-        stop_process(self.proc, term_wait=3)
-        try:
-            self.proc.stdout.close()
-        except Exception:
-            pass
-        self.log.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        self.stop()
-
 
 # ---------------------------------------------------------------------------------------------
 # proxy

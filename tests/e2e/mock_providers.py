@@ -1011,6 +1011,19 @@ def eptura_token(req, key, entry, mode):
                                         "refresh_token": rt}, mode, unit_ms=True)
 
 
+def revoke(tok, endpoint):
+    """Marks an access or refresh token revoked (unknown ones too: RFC 7009 answers 200) and
+    records the call."""
+    with ST.lock:
+        known = tok in ST.tokens or tok in ST.refresh
+        if tok in ST.tokens:
+            ST.tokens[tok].revoked = True
+        if tok in ST.refresh:
+            ST.refresh[tok]["revoked"] = True
+        ST.revocations.append({"endpoint": endpoint, "token": tok, "known": known,
+                               "status": 200})
+
+
 def eptura_revoke(req, key, entry, mode):
     no_query(req)
     if req.body.strip() not in (b"", b"{}"):
@@ -1018,14 +1031,7 @@ def eptura_revoke(req, key, entry, mode):
     tok = req.get("x-token")
     if not tok:
         raise bad("header x-token is required")
-    with ST.lock:
-        known = tok in ST.tokens or tok in ST.refresh
-        if tok in ST.tokens:
-            ST.tokens[tok].revoked = True
-        if tok in ST.refresh:
-            ST.refresh[tok]["revoked"] = True
-        ST.revocations.append({"endpoint": "eptura.revoke", "token": tok, "known": known,
-                               "status": 200})
+    revoke(tok, "eptura.revoke")
     return janswer(200, {})
 
 
@@ -1148,14 +1154,7 @@ def rfc_revoke(req, key, entry, mode):
     tok = params.get("token")
     if not tok:
         raise bad("token is required")
-    with ST.lock:
-        known = tok in ST.tokens or tok in ST.refresh
-        if tok in ST.tokens:
-            ST.tokens[tok].revoked = True
-        if tok in ST.refresh:
-            ST.refresh[tok]["revoked"] = True
-        ST.revocations.append({"endpoint": key + ".revoke", "token": tok, "known": known,
-                               "status": 200})
+    revoke(tok, key + ".revoke")
     return Answer(200, b"", ctype=None)
 
 

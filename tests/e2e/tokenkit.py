@@ -21,7 +21,7 @@ from harness import (ASAN, T, Proxy, certs, free_port, make_config, request, sto
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-class MockProviders:
+class MockProviders(harness.Process):
     """mock_providers.py in its own process (TLS with the test CA's localhost certificate)."""
 
     def __init__(self, tls=True, settings=None):
@@ -187,21 +187,6 @@ class MockProviders:
                     out.append((kind[:-1], tok))
                     out.append((kind[:-1] + " (prefix)", tok[:14]))
         return out
-
-    def stop(self):
-        stop_process(self.proc, term_wait=3)
-        try:
-            self.proc.stdout.close()
-        except Exception:
-            pass
-        self.log.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        self.stop()
-
 
 # ---- stats helpers ---------------------------------------------------------------------------
 
