@@ -2,6 +2,7 @@
  * callbacks, hop-by-hop classification, Connection-listed names, the smuggling facts the proxy
  * checks, Via loop detection and absolute-form target splitting. */
 #include <llhttp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -137,6 +138,82 @@ TEST(forbidden_bytes_are_refused)
     CHECK(x.rc != 0);
     parse(&x, "GET / HTTP/1.1\r\nHost: h\r\nX: tab\tok\r\n\r\n", 0, 16);
     CHECK_EQ_INT(x.rc, 0);
+}
+
+/* head_analyze leaves byte checks to llhttp's strict machine: it must refuse, in requests and
+ * responses, every byte that a field name (a token) or a field value (VCHAR, obs-text, SP,
+ * HTAB) may not hold, and accept every other one. All 256 bytes, both positions. */
+static bool token_byte(int b)
+{
+    return (b >= '0' && b <= '9') || (b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z') ||
+           (b != 0 && strchr("!#$%&'*+-.^_`|~", b) != NULL);
+}
+
+static bool strict_accepts(llhttp_type_t type, const char *text, size_t n)
+{
+    llhttp_settings_t s;
+    llhttp_settings_init(&s);
+    llhttp_t p;
+    llhttp_init(&p, type, &s);
+    return llhttp_execute(&p, text, n) == HPE_OK;
+}
+
+TEST(llhttp_refuses_every_bad_field_byte)
+{
+    for (int type = 0; type < 2; type++) {
+        const char *first = type ? "HTTP/1.1 200 OK\r\n" : "GET / HTTP/1.1\r\nHost: h\r\n";
+        size_t fl = strlen(first);
+        for (int b = 0; b < 256; b++) {
+            char t[128];
+            /* name "X?Y" (':' would end the name: "X" with value "Y: a") */
+            int n = snprintf(t, sizeof t, "%sX?Y: a\r\nContent-Length: 0\r\n\r\n", first);
+            t[fl + 1] = (char)b;
+            bool want = token_byte(b) || b == ':';
+            CHECK(strict_accepts(type ? HTTP_RESPONSE : HTTP_REQUEST, t, (size_t)n) == want);
+            /* value "a?b" */
+            n = snprintf(t, sizeof t, "%sX: a?b\r\nContent-Length: 0\r\n\r\n", first);
+            t[fl + 4] = (char)b;
+            want = (b >= 0x20 || b == '\t') && b != 0x7f;
+            CHECK(strict_accepts(type ? HTTP_RESPONSE : HTTP_REQUEST, t, (size_t)n) == want);
+        }
+    }
+}
+
+/* What llhttp lets through and head_analyze refuses: an empty name, an obs-fold. */
+TEST(empty_name_and_obs_fold_are_refused)
+{
+    struct parsed x;
+    parse(&x, "GET / HTTP/1.1\r\nHost: h\r\n: a\r\n\r\n", 0, 16);
+    CHECK(x.rc != 0);
+    parse(&x, "GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n\tb\r\n\r\n", 0, 16);
+    CHECK(x.rc != 0);
+    parse(&x, "GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n\r\n", 0, 16);
+    CHECK_EQ_INT(x.rc, 0);
+}
+
+/* Names are recognised whatever their case, and only when exactly equal. */
+TEST(known_names_any_case_exact_length)
+{
+    struct parsed x;
+    parse(&x,
+          "GET / HTTP/1.1\r\nHOST: h\r\nconnection: close\r\nKeep-Alivf: 1\r\nTE: x\r\n"
+          "Trailer: y\r\nUpgradE: z\r\nContent-Lengthx: 1\r\nTransfer-EncodinG: chunked\r\n"
+          "vIA: 1.1 a\r\n\r\n",
+          0, 16);
+    REQUIRE(x.rc == 0);
+    CHECK_EQ_INT(find(&x, "host")->kind, H_HOST);
+    CHECK_EQ_INT(find(&x, "connection")->kind, H_CONNECTION);
+    CHECK_EQ_INT(find(&x, "keep-alivf")->kind, H_OTHER);
+    CHECK(!find(&x, "keep-alivf")->hop);
+    CHECK_EQ_INT(find(&x, "te")->kind, H_TE);
+    CHECK_EQ_INT(find(&x, "trailer")->kind, H_TRAILER);
+    CHECK_EQ_INT(find(&x, "upgrade")->kind, H_UPGRADE);
+    CHECK_EQ_INT(find(&x, "content-lengthx")->kind, H_OTHER);
+    CHECK_EQ_INT(find(&x, "transfer-encoding")->kind, H_TRANSFER_ENCODING);
+    CHECK(!find(&x, "transfer-encoding")->hop);
+    CHECK_EQ_INT(find(&x, "via")->kind, H_VIA);
+    CHECK(!find(&x, "via")->hop);
+    CHECK(x.hd.conn_close);
 }
 
 TEST(too_many_headers)
