@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "buf.h"
+#include "sock.h"
 #include "config.h"
 #include "stats.h"
 #include "timeouts.h"
@@ -32,6 +33,7 @@ struct loop {
     struct config *cfg;
     SSL_CTX *ssl_ctx;
     struct bufpool pool;
+    struct outbox out; /* small writes of this iteration (sock.c) */
     struct listener *listeners;
     int n_listeners;
     struct client *clients; /* every open client connection */

@@ -43,6 +43,7 @@ static void loop_finish(struct loop *l)
     server_stop_listening(l);
     server_close_clients(l, true);
     upstream_pool_close_all(l);
+    outbox_close(&l->out);
     timeouts_close(l);
     token_revoke_all(l, loop_close_all); /* bounded by limits.drain_ms */
 }
@@ -173,8 +174,16 @@ static int run(struct config *cfg)
         fprintf(stderr, "authproxy: cannot start the token engine\n");
         goto out_tls;
     }
+    if (outbox_init(&l->out, &l->uv, &l->pool) < 0) {
+        fprintf(stderr, "authproxy: out of memory\n");
+        timeouts_close(l);
+        token_cache_close(l);
+        uv_run(&l->uv, UV_RUN_DEFAULT);
+        goto out_tls;
+    }
     if (server_listen(l, err, sizeof err) < 0) {
         fprintf(stderr, "authproxy: %s\n", err);
+        outbox_close(&l->out);
         server_stop_listening(l);
         timeouts_close(l);
         token_cache_close(l);
@@ -200,6 +209,7 @@ out_tls:
     SSL_CTX_free(l->ssl_ctx);
 out_pool:
     proxy_free_list_trim(l, 0);
+    outbox_free(&l->out);
     free(l->scratch);
     free(l->listeners);
     free(l->route_stats);

@@ -337,7 +337,7 @@ static void on_written(uv_write_t *req, int status)
  * 0: all written, 1: pending, -1: error. */
 static int write_or_queue(struct client *c, const uv_buf_t *bufs, unsigned n)
 {
-    int w = sock_write((uv_stream_t *)&c->tcp, &c->loop->pool, bufs, n, c, on_written);
+    int w = sock_write((uv_stream_t *)&c->tcp, &c->loop->out, bufs, n, c, on_written);
     if (w == 1) {
         c->write_pending = true;
         if (c->state == C_BODY || c->state == C_DONE) timer_set(c, TO_SEND);
@@ -366,6 +366,7 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 
 static void shutdown_write(struct client *c)
 {
+    sock_flush(&c->loop->out, (uv_stream_t *)&c->tcp);
     uv_shutdown_t *req = malloc(sizeof *req);
     if (req && uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) < 0) free(req);
 }
@@ -388,6 +389,7 @@ static void client_close(struct client *c)
     l->n_clients--;
     l->stats.open_connections--;
     tlist_clear(c);
+    sock_flush(&l->out, (uv_stream_t *)&c->tcp);
     uv_close((uv_handle_t *)&c->tcp, on_client_closed);
     accept_pending(l);
 }

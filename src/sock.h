@@ -1,24 +1,60 @@
-/* sock.h - the data path's socket calls: recv() into an input buffer and sendmsg() of iovecs
- * straight on a libuv stream's descriptor, and the writes that cannot complete at once (see
- * sock.c). A queued write owns a copy of its bytes until its callback calls sock_write_done. */
+/* sock.h - the data path's socket calls: recv() into an input buffer, small writes gathered
+ * and sent together at the end of each loop iteration, larger ones sent at once with sendmsg()
+ * of iovecs, straight on a libuv stream's descriptor; and the writes that cannot complete at
+ * once (see sock.c). A queued write owns a copy of its bytes until its callback calls
+ * sock_write_done; a gathered write is a copy in the loop's outbox until it is sent. */
 #ifndef AUTHPROXY_SOCK_H
 #define AUTHPROXY_SOCK_H
 
+#include <stdint.h>
 #include <sys/types.h>
 #include <uv.h>
 
 #include "buf.h"
 
+#define OUTBOX_WRITE_MAX 4096 /* larger writes go out at once, without a copy */
+
+struct out_item {
+    uv_stream_t *s; /* NULL once sent early (sock_flush) */
+    uint32_t off, len;
+};
+
+/* The small writes of one loop iteration, sent in order by a check handle after the loop has
+ * handled every ready socket: the peers then find many requests or responses at once rather
+ * than being woken for each (HAProxy sends the same way). One per loop; owns its buffers. */
+struct outbox {
+    uv_check_t check;
+    struct bufpool *pool;
+    char *buf;
+    uint32_t used, cap;
+    struct out_item *items;
+    int n, max;
+};
+
+int outbox_init(struct outbox *ob, uv_loop_t *loop, struct bufpool *pool);
+/* Closes the check handle (sending what is gathered first); the buffers are freed by
+ * outbox_free once the loop has run the close. */
+void outbox_close(struct outbox *ob);
+void outbox_free(struct outbox *ob);
+
 /* Receives into b's free space (b borrows the pool's shared block when it has none).
  * Returns the bytes received (> 0), 0 when nothing is there, UV_EOF, UV_ENOBUFS when b has no
  * room or memory ran out, or another negative libuv error. */
 ssize_t sock_recv(uv_stream_t *s, struct inbuf *b, struct bufpool *p);
-/* Sends what the socket takes now (nothing while libuv still has queued writes, which go
- * first) and queues a copy of the rest, which libuv writes when the socket takes it, then calls
- * cb: the caller's buffers are free again on return. 0: all sent, 1: queued, -1: error. */
-int sock_write(uv_stream_t *s, struct bufpool *p, const uv_buf_t *bufs, unsigned n, void *owner,
+/* Takes bufs for s; the caller's buffers are free again on return. A small write while
+ * nothing is queued for s is copied into the outbox (0). Otherwise what s has in the outbox is
+ * sent first, then what the socket takes now (nothing while libuv still has queued writes,
+ * which go first), and a copy of the rest is queued: libuv writes it when the socket takes it,
+ * then calls cb. 0: taken, 1: queued (cb follows), -1: error.
+ * An error sending gathered bytes is not reported here: the broken connection shows on its
+ * read side, as a peer's reset does. */
+int sock_write(uv_stream_t *s, struct outbox *ob, const uv_buf_t *bufs, unsigned n, void *owner,
                uv_write_cb cb);
 /* In cb: frees the copy and returns the owner given to sock_write. */
 void *sock_write_done(uv_write_t *req);
+/* Sends what s has in the outbox now; called before s is shut down or closed. What the socket
+ * does not take is queued (uv_shutdown waits for it; uv_close drops it, as it drops any
+ * pending write). */
+void sock_flush(struct outbox *ob, uv_stream_t *s);
 
 #endif

@@ -122,6 +122,7 @@ void upconn_close(struct upconn *c)
     c->host->conns--;
     c->ops = NULL;
     timeout_clear(c->loop, &c->to);
+    sock_flush(&c->loop->out, (uv_stream_t *)&c->tcp);
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
 }
 
@@ -300,7 +301,7 @@ static void on_written(uv_write_t *req, int status)
 /* Writes now what the socket takes, the rest later from a copy (sock.h): 0, 1 pending, -1. */
 static int write_out(struct upconn *c, const uv_buf_t *bufs, unsigned n)
 {
-    int w = sock_write((uv_stream_t *)&c->tcp, &c->loop->pool, bufs, n, c, on_written);
+    int w = sock_write((uv_stream_t *)&c->tcp, &c->loop->out, bufs, n, c, on_written);
     if (w == 1) c->writes_pending++;
     return w;
 }

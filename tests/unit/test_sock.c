@@ -1,0 +1,155 @@
+/* test_sock.c - the outbox (sock.c): small writes wait for the end of the loop iteration and
+ * go out in order; a large write, a flush before a close, and a full outbox send what waits
+ * first. Real sockets: a socketpair per stream, libuv pipes on our ends. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "sock.h"
+#include "unit.h"
+
+struct rig {
+    uv_loop_t loop;
+    struct bufpool pool;
+    struct outbox ob;
+    uv_pipe_t s[2];
+    int peer[2];
+    uv_timer_t alive; /* an active handle, so that uv_run runs an iteration, as in the proxy */
+};
+
+static void never(uv_timer_t *t)
+{
+    (void)t;
+}
+
+static int rig_open(struct rig *r)
+{
+    memset(r, 0, sizeof *r);
+    if (uv_loop_init(&r->loop) < 0) return -1;
+    if (bufpool_init(&r->pool, 4) < 0) return -1;
+    if (outbox_init(&r->ob, &r->loop, &r->pool) < 0) return -1;
+    uv_timer_init(&r->loop, &r->alive);
+    uv_timer_start(&r->alive, never, 3600 * 1000, 0);
+    for (int i = 0; i < 2; i++) {
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0) return -1;
+        fcntl(sv[1], F_SETFL, O_NONBLOCK);
+        uv_pipe_init(&r->loop, &r->s[i], 0);
+        if (uv_pipe_open(&r->s[i], sv[0]) < 0) return -1;
+        r->peer[i] = sv[1];
+    }
+    return 0;
+}
+
+static void rig_close(struct rig *r)
+{
+    for (int i = 0; i < 2; i++) {
+        uv_close((uv_handle_t *)&r->s[i], NULL);
+        close(r->peer[i]);
+    }
+    uv_close((uv_handle_t *)&r->alive, NULL);
+    outbox_close(&r->ob);
+    uv_run(&r->loop, UV_RUN_DEFAULT);
+    outbox_free(&r->ob);
+    bufpool_destroy(&r->pool);
+    CHECK_EQ_INT(uv_loop_close(&r->loop), 0);
+}
+
+/* What the peer of stream i has received so far (non-blocking), NUL-terminated. */
+static size_t peer_read(struct rig *r, int i, char *buf, size_t cap)
+{
+    size_t n = 0;
+    for (;;) {
+        ssize_t k = read(r->peer[i], buf + n, cap - 1 - n);
+        if (k <= 0) break;
+        n += (size_t)k;
+    }
+    buf[n] = '\0';
+    return n;
+}
+
+static int put(struct rig *r, int i, const char *text, size_t len)
+{
+    uv_buf_t b = uv_buf_init((char *)text, (unsigned)len);
+    return sock_write((uv_stream_t *)&r->s[i], &r->ob, &b, 1, NULL, NULL);
+}
+
+TEST(outbox_sends_small_writes_in_order_at_the_end_of_the_iteration)
+{
+    struct rig r;
+    REQUIRE(rig_open(&r) == 0);
+    char got[256];
+    CHECK_EQ_INT(put(&r, 0, "one,", 4), 0);
+    CHECK_EQ_INT(put(&r, 1, "other", 5), 0);
+    CHECK_EQ_INT(put(&r, 0, "two", 3), 0);
+    CHECK_EQ_INT(peer_read(&r, 0, got, sizeof got), 0); /* nothing yet: gathered */
+    uv_run(&r.loop, UV_RUN_NOWAIT);                     /* the check phase sends */
+    CHECK_EQ_INT(peer_read(&r, 0, got, sizeof got), 7);
+    CHECK_STR(got, "one,two");
+    CHECK_EQ_INT(peer_read(&r, 1, got, sizeof got), 5);
+    CHECK_STR(got, "other");
+    CHECK_EQ_INT(r.ob.n, 0);
+    rig_close(&r);
+}
+
+TEST(outbox_large_write_sends_what_waits_first)
+{
+    struct rig r;
+    REQUIRE(rig_open(&r) == 0);
+    size_t big = OUTBOX_WRITE_MAX + 100;
+    char *b = malloc(big), *got = malloc(big + 64);
+    REQUIRE(b && got);
+    memset(b, 'x', big);
+    CHECK_EQ_INT(put(&r, 0, "head", 4), 0);
+    CHECK_EQ_INT(put(&r, 1, "kept", 4), 0);
+    CHECK_EQ_INT(put(&r, 0, b, big), 0); /* sent at once, after "head" */
+    CHECK_EQ_INT(peer_read(&r, 0, got, big + 64), big + 4);
+    CHECK(memcmp(got, "head", 4) == 0 && got[4] == 'x' && got[big + 3] == 'x');
+    CHECK_EQ_INT(peer_read(&r, 1, got, big + 64), 0); /* the other stream still waits */
+    uv_run(&r.loop, UV_RUN_NOWAIT);
+    CHECK_EQ_INT(peer_read(&r, 1, got, big + 64), 4);
+    free(b);
+    free(got);
+    rig_close(&r);
+}
+
+TEST(outbox_flush_before_close_and_full_outbox)
+{
+    struct rig r;
+    REQUIRE(rig_open(&r) == 0);
+    char got[256];
+    CHECK_EQ_INT(put(&r, 0, "bye", 3), 0);
+    sock_flush(&r.ob, (uv_stream_t *)&r.s[0]); /* what a close does first */
+    CHECK_EQ_INT(peer_read(&r, 0, got, sizeof got), 3);
+    CHECK_STR(got, "bye");
+    uv_run(&r.loop, UV_RUN_NOWAIT); /* and it is not sent twice */
+    CHECK_EQ_INT(peer_read(&r, 0, got, sizeof got), 0);
+
+    /* more than the outbox holds (200 x 1000 bytes): everything arrives, in order */
+    enum { N = 200, SZ = 1000 };
+    char *want = malloc(N * SZ), *seen = malloc(N * SZ + 1);
+    REQUIRE(want && seen);
+    size_t n = 0;
+    int taken = 0;
+    for (int i = 0; i < N; i++) {
+        memset(want + i * SZ, 'a' + i % 26, SZ);
+        if (put(&r, 1, want + i * SZ, SZ) == 0) taken++;
+        ssize_t k; /* keep the socket from filling, as a reading peer does */
+        while (n < N * SZ && (k = read(r.peer[1], seen + n, N * SZ - n)) > 0)
+            n += (size_t)k;
+    }
+    CHECK_EQ_INT(taken, N);
+    uv_run(&r.loop, UV_RUN_NOWAIT);
+    ssize_t k;
+    while (n < N * SZ && (k = read(r.peer[1], seen + n, N * SZ - n)) > 0)
+        n += (size_t)k;
+    CHECK_EQ_INT(n, N * SZ);
+    CHECK(memcmp(seen, want, N * SZ) == 0);
+    free(want);
+    free(seen);
+    rig_close(&r);
+}
