@@ -504,7 +504,7 @@ static int send_head(struct exchange *ex)
     }
     c->fwd = c->in.off;
     ex->head_sent = true;
-    int w = upconn_write(ex->up, iov, n);
+    int w = upconn_write(ex->up, iov, n, true);
     if (w < 0) return -1;
     ex->up_write_pending = w == 1;
     return 0;
@@ -545,7 +545,7 @@ void proxy_client_data(struct exchange *ex)
         uv_buf_t b = uv_buf_init(c->in.base + c->fwd, c->in.off - c->fwd);
         replay_keep(ex, b.base, b.len);
         c->fwd = c->in.off;
-        int w = upconn_write(ex->up, &b, 1);
+        int w = upconn_write(ex->up, &b, 1, false);
         if (w < 0) {
             if (ex->resp_started) return client_abort(c);
             upconn_close(ex->up);
@@ -706,7 +706,7 @@ static int relay(struct exchange *ex, const char *head, size_t head_len, uint32_
     if (head_len) b[n++] = uv_buf_init((char *)head, (unsigned)head_len);
     if (to > from && ex->up) b[n++] = uv_buf_init(ex->up->in.base + from, to - from);
     if (n == 0) return 0;
-    int w = client_write(ex->c, b, n);
+    int w = client_write(ex->c, b, n, head_len > 0);
     if (w == 1) {
         ex->client_write_pending = true;
         if (ex->up) { /* backpressure: the upstream waits, and so does its timer */

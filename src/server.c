@@ -335,9 +335,9 @@ static void on_written(uv_write_t *req, int status)
 
 /* Writes now what the socket takes; the rest goes out later from a copy (sock.h).
  * 0: all written, 1: pending, -1: error. */
-static int write_or_queue(struct client *c, const uv_buf_t *bufs, unsigned n)
+static int write_or_queue(struct client *c, const uv_buf_t *bufs, unsigned n, bool gather)
 {
-    int w = sock_write((uv_stream_t *)&c->tcp, &c->loop->out, bufs, n, c, on_written);
+    int w = sock_write((uv_stream_t *)&c->tcp, &c->loop->out, bufs, n, gather, c, on_written);
     if (w == 1) {
         c->write_pending = true;
         if (c->state == C_BODY || c->state == C_DONE) timer_set(c, TO_SEND);
@@ -345,10 +345,10 @@ static int write_or_queue(struct client *c, const uv_buf_t *bufs, unsigned n)
     return w;
 }
 
-int client_write(struct client *c, const uv_buf_t *bufs, unsigned n)
+int client_write(struct client *c, const uv_buf_t *bufs, unsigned n, bool head)
 {
     if (c->state == C_CLOSED || c->write_pending) return -1;
-    return write_or_queue(c, bufs, n);
+    return write_or_queue(c, bufs, n, head);
 }
 
 /* ---- ending ---- */
@@ -522,7 +522,7 @@ void client_respond(struct client *c, int status, const char *ctype, const char 
     uv_buf_t b[2] = {uv_buf_init(head, (unsigned)hl),
                      uv_buf_init((char *)body, (unsigned)body_len)};
     /* behind a pending write (a relayed 1xx) it queues; uv_shutdown waits for both */
-    if (write_or_queue(c, b, 2) < 0) {
+    if (write_or_queue(c, b, 2, true) < 0) {
         client_close(c);
         return;
     }

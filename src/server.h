@@ -46,7 +46,8 @@ void server_stop_listening(struct loop *l);
 void server_close_clients(struct loop *l, bool force);
 
 /* For the exchange: */
-int client_write(struct client *c, const uv_buf_t *bufs, unsigned n); /* 0, 1 pending, -1 */
+/* 0, 1 pending, -1; head: the bytes start a response (small ones wait for the loop's batch) */
+int client_write(struct client *c, const uv_buf_t *bufs, unsigned n, bool head);
 /* The exchange has taken [fwd, off) of the input (written or queued). */
 void client_body_taken(struct client *c);
 /* The exchange is over: response complete (keep: the connection may serve another request). */

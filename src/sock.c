@@ -158,11 +158,11 @@ void sock_flush(struct outbox *ob, uv_stream_t *s)
     }
 }
 
-int sock_write(uv_stream_t *s, struct outbox *ob, const uv_buf_t *bufs, unsigned n, void *owner,
-               uv_write_cb cb)
+int sock_write(uv_stream_t *s, struct outbox *ob, const uv_buf_t *bufs, unsigned n, bool gather,
+               void *owner, uv_write_cb cb)
 {
     size_t total = iov_len(bufs, n);
-    if (total <= OUTBOX_WRITE_MAX && s->write_queue_size == 0) {
+    if (gather && total <= OUTBOX_WRITE_MAX && s->write_queue_size == 0) {
         if (ob->used + total > ob->cap || ob->n == ob->max) outbox_send_all(ob);
         struct out_item *last = ob->n ? &ob->items[ob->n - 1] : NULL;
         iov_copy(bufs, n, 0, ob->buf + ob->used);

@@ -6,6 +6,7 @@
 #ifndef AUTHPROXY_SOCK_H
 #define AUTHPROXY_SOCK_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 #include <uv.h>
@@ -41,15 +42,17 @@ void outbox_free(struct outbox *ob);
  * Returns the bytes received (> 0), 0 when nothing is there, UV_EOF, UV_ENOBUFS when b has no
  * room or memory ran out, or another negative libuv error. */
 ssize_t sock_recv(uv_stream_t *s, struct inbuf *b, struct bufpool *p);
-/* Takes bufs for s; the caller's buffers are free again on return. A small write while
- * nothing is queued for s is copied into the outbox (0). Otherwise what s has in the outbox is
+/* Takes bufs for s; the caller's buffers are free again on return. A small write asked to
+ * gather (a message head, with a small body) while nothing is queued for s is copied into the
+ * outbox (0). Body bytes that stream behind a head are not gathered: under backpressure they
+ * wait in the socket they came from rather than in copies. Otherwise what s has in the outbox is
  * sent first, then what the socket takes now (nothing while libuv still has queued writes,
  * which go first), and a copy of the rest is queued: libuv writes it when the socket takes it,
  * then calls cb. 0: taken, 1: queued (cb follows), -1: error.
  * An error sending gathered bytes is not reported here: the broken connection shows on its
  * read side, as a peer's reset does. */
-int sock_write(uv_stream_t *s, struct outbox *ob, const uv_buf_t *bufs, unsigned n, void *owner,
-               uv_write_cb cb);
+int sock_write(uv_stream_t *s, struct outbox *ob, const uv_buf_t *bufs, unsigned n, bool gather,
+               void *owner, uv_write_cb cb);
 /* In cb: frees the copy and returns the owner given to sock_write. */
 void *sock_write_done(uv_write_t *req);
 /* Sends what s has in the outbox now; called before s is shut down or closed. What the socket

@@ -205,13 +205,13 @@ static bool tls_has_pending(struct upconn *c)
     return c->ssl && (BIO_ctrl_pending(c->rbio) > 0 || SSL_pending(c->ssl) > 0);
 }
 
-static int tls_flush(struct upconn *c);
+static int tls_flush(struct upconn *c, bool gather);
 
 static void deliver(struct upconn *c)
 {
     if (c->ssl) {
         int r = tls_pump(c);
-        tls_flush(c); /* SSL_read may have produced output (key update, alerts) */
+        tls_flush(c, false); /* SSL_read may have produced output (key update, alerts) */
         if (r < 0) {
             conn_fail(c, UP_UNAVAILABLE);
             return;
@@ -299,27 +299,27 @@ static void on_written(uv_write_t *req, int status)
 }
 
 /* Writes now what the socket takes, the rest later from a copy (sock.h): 0, 1 pending, -1. */
-static int write_out(struct upconn *c, const uv_buf_t *bufs, unsigned n)
+static int write_out(struct upconn *c, const uv_buf_t *bufs, unsigned n, bool gather)
 {
-    int w = sock_write((uv_stream_t *)&c->tcp, &c->loop->out, bufs, n, c, on_written);
+    int w = sock_write((uv_stream_t *)&c->tcp, &c->loop->out, bufs, n, gather, c, on_written);
     if (w == 1) c->writes_pending++;
     return w;
 }
 
 /* Sends what the write BIO holds. Returns 0 when all went out now, 1 when a write is pending,
  * -1 on error. */
-static int tls_flush(struct upconn *c)
+static int tls_flush(struct upconn *c, bool gather)
 {
     char *p;
     long n = BIO_get_mem_data(c->wbio, &p);
     if (n <= 0) return c->writes_pending ? 1 : 0;
     uv_buf_t b = uv_buf_init(p, (unsigned)n);
-    if (write_out(c, &b, 1) < 0) return -1;
+    if (write_out(c, &b, 1, gather) < 0) return -1;
     (void)BIO_reset(c->wbio);
     return c->writes_pending ? 1 : 0;
 }
 
-int upconn_write(struct upconn *c, const uv_buf_t *bufs, unsigned n)
+int upconn_write(struct upconn *c, const uv_buf_t *bufs, unsigned n, bool head)
 {
     if (c->state != UC_ACTIVE) return -1;
     if (c->ssl) {
@@ -327,9 +327,9 @@ int upconn_write(struct upconn *c, const uv_buf_t *bufs, unsigned n)
             if (bufs[i].len == 0) continue;
             if (SSL_write(c->ssl, bufs[i].base, (int)bufs[i].len) != (int)bufs[i].len) return -1;
         }
-        return tls_flush(c);
+        return tls_flush(c, head);
     }
-    return write_out(c, bufs, n);
+    return write_out(c, bufs, n, head);
 }
 
 /* ---- connecting ---- */
@@ -345,7 +345,7 @@ static void ready(struct upconn *c)
 static void tls_handshake(struct upconn *c)
 {
     int r = SSL_do_handshake(c->ssl);
-    if (tls_flush(c) < 0) {
+    if (tls_flush(c, true) < 0) {
         conn_fail(c, UP_UNAVAILABLE);
         return;
     }

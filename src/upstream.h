@@ -64,8 +64,9 @@ struct upconn {
  * a new one (returns 0; ops->ready called later). Returns <0 on immediate failure. */
 int upstream_acquire(struct loop *l, bool tls, const char *host, int port, bool fresh,
                      const struct upconn_ops *ops, void *arg, struct upconn **out);
-/* Writes plaintext. 0: all written; 1: pending (ops->drained later); <0: error. */
-int upconn_write(struct upconn *c, const uv_buf_t *bufs, unsigned n);
+/* Writes plaintext. 0: all written; 1: pending (ops->drained later); <0: error. head: the
+ * bytes start a request (small ones wait for the loop's batch, see sock.h). */
+int upconn_write(struct upconn *c, const uv_buf_t *bufs, unsigned n, bool head);
 void upconn_read(struct upconn *c, bool on);
 /* Response timeout: ops->closed(UP_TIMEOUT) after limits.upstream_timeout_ms without input. */
 void upconn_timeout(struct upconn *c, bool on);

@@ -72,10 +72,15 @@ static size_t peer_read(struct rig *r, int i, char *buf, size_t cap)
     return n;
 }
 
-static int put(struct rig *r, int i, const char *text, size_t len)
+static int put_as(struct rig *r, int i, const char *text, size_t len, bool gather)
 {
     uv_buf_t b = uv_buf_init((char *)text, (unsigned)len);
-    return sock_write((uv_stream_t *)&r->s[i], &r->ob, &b, 1, NULL, NULL);
+    return sock_write((uv_stream_t *)&r->s[i], &r->ob, &b, 1, gather, NULL, NULL);
+}
+
+static int put(struct rig *r, int i, const char *text, size_t len)
+{
+    return put_as(r, i, text, len, true);
 }
 
 TEST(outbox_sends_small_writes_in_order_at_the_end_of_the_iteration)
@@ -114,6 +119,21 @@ TEST(outbox_large_write_sends_what_waits_first)
     CHECK_EQ_INT(peer_read(&r, 1, got, big + 64), 4);
     free(b);
     free(got);
+    rig_close(&r);
+}
+
+/* Body bytes behind a head are not gathered: they go out at once, after what waits. */
+TEST(outbox_body_bytes_go_out_at_once_after_the_head)
+{
+    struct rig r;
+    REQUIRE(rig_open(&r) == 0);
+    char got[64];
+    CHECK_EQ_INT(put(&r, 0, "head|", 5), 0);
+    CHECK_EQ_INT(put_as(&r, 0, "body", 4, false), 0);
+    CHECK_EQ_INT(peer_read(&r, 0, got, sizeof got), 9);
+    CHECK_STR(got, "head|body");
+    CHECK_EQ_INT(put_as(&r, 1, "alone", 5, false), 0);
+    CHECK_EQ_INT(peer_read(&r, 1, got, sizeof got), 5);
     rig_close(&r);
 }
 
