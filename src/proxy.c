@@ -36,7 +36,8 @@ static void resp_process(struct exchange *ex);
 static void maybe_finish(struct exchange *ex);
 static void connect_upstream(struct exchange *ex, bool fresh);
 
-static const struct upconn_ops up_ops = {up_ready, up_data, up_closed, up_drained};
+static void up_pending(void *arg, struct upconn *up);
+static const struct upconn_ops up_ops = {up_ready, up_data, up_closed, up_drained, up_pending};
 
 /* ---- exchange objects ---- */
 
@@ -562,6 +563,13 @@ void proxy_client_data(struct exchange *ex)
     maybe_finish(ex);
 }
 
+static void up_pending(void *arg, struct upconn *up)
+{
+    struct exchange *ex = arg;
+    (void)up;
+    ex->up_write_pending = true;
+}
+
 static void up_drained(void *arg, struct upconn *up)
 {
     struct exchange *ex = arg;
@@ -707,14 +715,17 @@ static int relay(struct exchange *ex, const char *head, size_t head_len, uint32_
     if (to > from && ex->up) b[n++] = uv_buf_init(ex->up->in.base + from, to - from);
     if (n == 0) return 0;
     int w = client_write(ex->c, b, n, head_len > 0);
-    if (w == 1) {
-        ex->client_write_pending = true;
-        if (ex->up) { /* backpressure: the upstream waits, and so does its timer */
-            upconn_read(ex->up, false);
-            upconn_timeout(ex->up, false);
-        }
-    }
+    if (w == 1) proxy_client_pending(ex);
     return w;
+}
+
+void proxy_client_pending(struct exchange *ex)
+{
+    ex->client_write_pending = true;
+    if (ex->up) { /* backpressure: the upstream waits, and so does its timer */
+        upconn_read(ex->up, false);
+        upconn_timeout(ex->up, false);
+    }
 }
 
 /* The upstream refused the token: forget it (if still cached), get a fresh one (single flight)

@@ -81,5 +81,7 @@ static inline bool proxy_reads_input(const struct exchange *ex)
 }
 /* A pending write to the client completed. */
 void proxy_client_drained(struct exchange *ex);
+/* A response write reported done became a pending one (sock.h): relaying waits for it. */
+void proxy_client_pending(struct exchange *ex);
 
 #endif

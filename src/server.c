@@ -333,15 +333,33 @@ static void on_written(uv_write_t *req, int status)
     if (c->ex) proxy_client_drained(c->ex);
 }
 
+static void now_pending(struct client *c)
+{
+    c->write_pending = true;
+    if (c->state == C_BODY || c->state == C_DONE) timer_set(c, TO_SEND);
+}
+
+/* A gathered write the socket did not take whole is queued now (sock.h): wait for it. */
+static void gathered_pending(void *owner)
+{
+    struct client *c = owner;
+    now_pending(c);
+    if (c->ex) proxy_client_pending(c->ex);
+}
+
+/* Sends what this client has gathered before deciding between closing and lingering. */
+static void flush_before_deciding(struct client *c)
+{
+    sock_flush(&c->loop->out, (uv_stream_t *)&c->tcp, true);
+}
+
 /* Writes now what the socket takes; the rest goes out later from a copy (sock.h).
  * 0: all written, 1: pending, -1: error. */
 static int write_or_queue(struct client *c, const uv_buf_t *bufs, unsigned n, bool gather)
 {
-    int w = sock_write((uv_stream_t *)&c->tcp, &c->loop->out, bufs, n, gather, c, on_written);
-    if (w == 1) {
-        c->write_pending = true;
-        if (c->state == C_BODY || c->state == C_DONE) timer_set(c, TO_SEND);
-    }
+    struct sock_owner who = {c, on_written, gathered_pending};
+    int w = sock_write((uv_stream_t *)&c->tcp, &c->loop->out, bufs, n, gather, &who);
+    if (w == 1) now_pending(c);
     return w;
 }
 
@@ -366,7 +384,8 @@ static void on_shutdown(uv_shutdown_t *req, int status)
 
 static void shutdown_write(struct client *c)
 {
-    sock_flush(&c->loop->out, (uv_stream_t *)&c->tcp);
+    flush_before_deciding(c);
+    if (c->write_pending) return; /* on_written shuts down after it */
     uv_shutdown_t *req = malloc(sizeof *req);
     if (req && uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shutdown) < 0) free(req);
 }
@@ -389,7 +408,7 @@ static void client_close(struct client *c)
     l->n_clients--;
     l->stats.open_connections--;
     tlist_clear(c);
-    sock_flush(&l->out, (uv_stream_t *)&c->tcp);
+    sock_flush(&l->out, (uv_stream_t *)&c->tcp, false);
     uv_close((uv_handle_t *)&c->tcp, on_client_closed);
     accept_pending(l);
 }
@@ -401,6 +420,7 @@ void client_abort(struct client *c)
         proxy_exchange_free(c->ex);
         c->ex = NULL;
     }
+    flush_before_deciding(c);
     if (c->write_pending) { /* let what was relayed go out, then close */
         c->state = C_CLOSING;
         timer_set(c, TO_LINGER);
@@ -415,7 +435,7 @@ static void linger(struct client *c)
 {
     c->state = C_CLOSING;
     timer_set(c, TO_LINGER);
-    if (!c->write_pending) shutdown_write(c);
+    shutdown_write(c); /* after a pending write, if there is one */
     read_update(c);
 }
 
@@ -427,6 +447,7 @@ void client_exchange_done(struct client *c, bool keep)
     }
     if (c->state == C_CLOSED) return;
     if (!keep || c->eof || c->loop->draining) {
+        flush_before_deciding(c);
         if (c->eof && !c->write_pending)
             client_close(c);
         else

@@ -84,26 +84,22 @@ static int queue_copy(uv_stream_t *s, struct bufpool *p, const uv_buf_t *bufs, u
     return 0;
 }
 
-/* A gathered write's bytes that go out after sock_write returned: no owner to tell. */
-static void on_orphan_written(uv_write_t *req, int status)
-{
-    (void)status;
-    sock_write_done(req);
-}
-
-static void send_item(struct outbox *ob, struct out_item *it)
+static void send_item(struct outbox *ob, struct out_item *it, bool keep)
 {
     uv_buf_t b = uv_buf_init(ob->buf + it->off, it->len);
     int w = sock_send(it->s, &b, 1);
     if (w >= 0 && (uint32_t)w == it->len) return;
-    if (w < 0 && w != UV_EAGAIN) return; /* broken: its read side will tell the owner */
-    queue_copy(it->s, ob->pool, &b, 1, w > 0 ? (size_t)w : 0, NULL, on_orphan_written);
+    if (w < 0 && w != UV_EAGAIN) return; /* broken: the owner learns it from the socket */
+    if (!keep) return;                   /* the connection is being closed */
+    size_t done = w > 0 ? (size_t)w : 0;
+    if (queue_copy(it->s, ob->pool, &b, 1, done, it->who.owner, it->who.cb) == 0)
+        it->who.pending(it->who.owner);
 }
 
 static void outbox_send_all(struct outbox *ob)
 {
     for (int i = 0; i < ob->n; i++)
-        if (ob->items[i].s) send_item(ob, &ob->items[i]);
+        if (ob->items[i].s) send_item(ob, &ob->items[i], true);
     ob->n = 0;
     ob->used = 0;
 }
@@ -148,18 +144,18 @@ void outbox_free(struct outbox *ob)
     ob->items = NULL;
 }
 
-void sock_flush(struct outbox *ob, uv_stream_t *s)
+void sock_flush(struct outbox *ob, uv_stream_t *s, bool keep)
 {
     for (int i = 0; i < ob->n; i++) {
-        struct out_item *it = &ob->items[i];
-        if (it->s != s) continue;
-        send_item(ob, it);
-        it->s = NULL;
+        if (ob->items[i].s != s) continue;
+        struct out_item it = ob->items[i];
+        ob->items[i].s = NULL; /* sent now, not again at the end of the iteration */
+        send_item(ob, &it, keep);
     }
 }
 
 int sock_write(uv_stream_t *s, struct outbox *ob, const uv_buf_t *bufs, unsigned n, bool gather,
-               void *owner, uv_write_cb cb)
+               const struct sock_owner *who)
 {
     size_t total = iov_len(bufs, n);
     if (gather && total <= OUTBOX_WRITE_MAX && s->write_queue_size == 0) {
@@ -169,17 +165,18 @@ int sock_write(uv_stream_t *s, struct outbox *ob, const uv_buf_t *bufs, unsigned
         if (last && last->s == s && last->off + last->len == ob->used) {
             last->len += (uint32_t)total;
         } else {
-            ob->items[ob->n++] = (struct out_item){.s = s, .off = ob->used, .len = (uint32_t)total};
+            ob->items[ob->n++] =
+                (struct out_item){.s = s, .off = ob->used, .len = (uint32_t)total, .who = *who};
         }
         ob->used += (uint32_t)total;
         return 0;
     }
-    if (ob->n) sock_flush(ob, s); /* what s has gathered goes first */
+    if (ob->n) sock_flush(ob, s, true); /* what s has gathered goes first */
     int w = sock_send(s, bufs, n);
     if (w < 0 && w != UV_EAGAIN) return -1;
     size_t done = w > 0 ? (size_t)w : 0;
     if (done == total) return 0;
-    return queue_copy(s, ob->pool, bufs, n, done, owner, cb) < 0 ? -1 : 1;
+    return queue_copy(s, ob->pool, bufs, n, done, who->owner, who->cb) < 0 ? -1 : 1;
 }
 
 void *sock_write_done(uv_write_t *req)

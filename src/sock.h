@@ -15,9 +15,19 @@
 
 #define OUTBOX_WRITE_MAX 4096 /* larger writes go out at once, without a copy */
 
+/* Who a write belongs to: cb when a queued write completes; pending when a gathered write the
+ * socket did not take whole becomes a queued one (cb follows), so the owner waits for it
+ * exactly as for a write sock_write reported queued. */
+struct sock_owner {
+    void *owner;
+    uv_write_cb cb;
+    void (*pending)(void *owner);
+};
+
 struct out_item {
     uv_stream_t *s; /* NULL once sent early (sock_flush) */
     uint32_t off, len;
+    struct sock_owner who;
 };
 
 /* The small writes of one loop iteration, sent in order by a check handle after the loop has
@@ -44,20 +54,22 @@ void outbox_free(struct outbox *ob);
 ssize_t sock_recv(uv_stream_t *s, struct inbuf *b, struct bufpool *p);
 /* Takes bufs for s; the caller's buffers are free again on return. A small write asked to
  * gather (a message head, with a small body) while nothing is queued for s is copied into the
- * outbox (0). Body bytes that stream behind a head are not gathered: under backpressure they
- * wait in the socket they came from rather than in copies. Otherwise what s has in the outbox is
- * sent first, then what the socket takes now (nothing while libuv still has queued writes,
- * which go first), and a copy of the rest is queued: libuv writes it when the socket takes it,
- * then calls cb. 0: taken, 1: queued (cb follows), -1: error.
+ * outbox (0); if the socket later takes only part of it, the rest is queued and who->pending
+ * runs. Body bytes that stream behind a head are not gathered: under backpressure they wait in
+ * the socket they came from rather than in copies. Otherwise what s has in the outbox is sent
+ * first, then what the socket takes now (nothing while libuv still has queued writes, which go
+ * first), and a copy of the rest is queued: libuv writes it when the socket takes it, then
+ * calls who->cb. 0: taken, 1: queued (cb follows), -1: error.
  * An error sending gathered bytes is not reported here: the broken connection shows on its
- * read side, as a peer's reset does. */
+ * read side, or on the next write, as a peer's reset does. */
 int sock_write(uv_stream_t *s, struct outbox *ob, const uv_buf_t *bufs, unsigned n, bool gather,
-               void *owner, uv_write_cb cb);
+               const struct sock_owner *who);
 /* In cb: frees the copy and returns the owner given to sock_write. */
 void *sock_write_done(uv_write_t *req);
-/* Sends what s has in the outbox now; called before s is shut down or closed. What the socket
- * does not take is queued (uv_shutdown waits for it; uv_close drops it, as it drops any
- * pending write). */
-void sock_flush(struct outbox *ob, uv_stream_t *s);
+/* Sends what s has in the outbox now. Called where the owner decides between closing and
+ * lingering (keep: what the socket does not take is queued and who->pending runs, so the
+ * owner's "is a write pending?" is true), and just before uv_close (!keep: the rest is dropped,
+ * as uv_close drops any pending write). */
+void sock_flush(struct outbox *ob, uv_stream_t *s, bool keep);
 
 #endif

@@ -122,7 +122,7 @@ void upconn_close(struct upconn *c)
     c->host->conns--;
     c->ops = NULL;
     timeout_clear(c->loop, &c->to);
-    sock_flush(&c->loop->out, (uv_stream_t *)&c->tcp);
+    sock_flush(&c->loop->out, (uv_stream_t *)&c->tcp, false);
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
 }
 
@@ -299,9 +299,18 @@ static void on_written(uv_write_t *req, int status)
 }
 
 /* Writes now what the socket takes, the rest later from a copy (sock.h): 0, 1 pending, -1. */
+/* A gathered write the socket did not take whole is queued now (sock.h): count it. */
+static void gathered_pending(void *owner)
+{
+    struct upconn *c = owner;
+    c->writes_pending++;
+    if (c->state == UC_ACTIVE && c->ops && c->ops->pending) c->ops->pending(c->arg, c);
+}
+
 static int write_out(struct upconn *c, const uv_buf_t *bufs, unsigned n, bool gather)
 {
-    int w = sock_write((uv_stream_t *)&c->tcp, &c->loop->out, bufs, n, gather, c, on_written);
+    struct sock_owner who = {c, on_written, gathered_pending};
+    int w = sock_write((uv_stream_t *)&c->tcp, &c->loop->out, bufs, n, gather, &who);
     if (w == 1) c->writes_pending++;
     return w;
 }

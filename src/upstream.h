@@ -29,6 +29,7 @@ struct upconn_ops {
     void (*data)(void *arg, struct upconn *c);            /* new plaintext in c->in */
     void (*closed)(void *arg, struct upconn *c, int err); /* EOF (0), error or timeout */
     void (*drained)(void *arg, struct upconn *c);         /* a pending write completed */
+    void (*pending)(void *arg, struct upconn *c); /* a write reported done is pending after all */
 };
 
 struct upstream_host {
