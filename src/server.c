@@ -446,7 +446,10 @@ void client_exchange_done(struct client *c, bool keep)
         c->ex = NULL;
     }
     if (c->state == C_CLOSED) return;
-    if (!keep || c->eof || c->loop->draining) {
+    /* a client that half-closed after pipelining still gets an answer to every request it sent
+     * (nginx does the same): its EOF ends the connection once the buffered bytes are used up */
+    bool buffered = c->in.off < c->in.len;
+    if (!keep || (c->eof && !buffered) || c->loop->draining) {
         flush_before_deciding(c);
         if (c->eof && !c->write_pending)
             client_close(c);
@@ -466,6 +469,8 @@ void client_exchange_done(struct client *c, bool keep)
         timer_set(c, TO_HEADER);
     }
     client_process(c);
+    /* after EOF an incomplete head can never complete: what was answered goes out, then close */
+    if (c->eof && c->state == C_HEAD) client_abort(c);
 }
 
 static const char *reason(int status)

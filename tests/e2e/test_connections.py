@@ -84,6 +84,22 @@ def test_pipelined_many_small_requests():
                 assert r.json()["query"] == "i=%d" % i, "response %d out of order" % i
 
 
+def test_pipelined_then_half_closed_every_request_answered():
+    """A client that pipelines requests and then shuts down its sending side (as `nc -N` or a
+    batch job does) gets every answer, then EOF; a trailing incomplete request is dropped."""
+    with proxied() as (up, px):
+        n = 20
+        for tail in ("", "GET http://plain.test/echo?partial HTTP/1.1\r\nHost: pl"):
+            with Conn(px.port) as c:
+                c.send("".join(REQ % i for i in range(n)) + tail)
+                c.sock.shutdown(socket.SHUT_WR)
+                for i in range(n):
+                    r = c.read_response()
+                    assert r is not None and r.status == 200, "response %d: %r" % (i, r)
+                    assert r.json()["query"] == "i=%d" % i, "response %d out of order" % i
+                assert c.closed_within(5), "connection still open after the last answer"
+
+
 def test_idle_client_connection_closed():
     with proxied(limits={"idle_timeout_ms": 500}) as (up, px):
         with Conn(px.port) as c:
