@@ -189,7 +189,7 @@ static bool is_ows(char c)
 
 /* Calls fn for each comma-separated element of a list value, trimmed of OWS. */
 static void list_each(struct head *hd, struct hdr *h,
-                      void (*fn)(struct head *, const char *, uint32_t, uint32_t))
+                      void (*fn)(struct head *, const char *, uint32_t))
 {
     const char *v = hdr_value(hd, h);
     uint32_t i = 0, n = h->val_len;
@@ -202,7 +202,7 @@ static void list_each(struct head *hd, struct hdr *h,
         uint32_t e = i;
         while (e > s && is_ows(v[e - 1]))
             e--;
-        if (e > s) fn(hd, v + s, h->val_off + s, e - s);
+        if (e > s) fn(hd, v + s, e - s);
     }
 }
 
@@ -210,9 +210,8 @@ static void list_each(struct head *hd, struct hdr *h,
  * except the ones that frame the message: dropping Content-Length or Transfer-Encoding while
  * passing the body on would let the next hop read the body as another message (request
  * smuggling). */
-static void conn_token(struct head *hd, const char *t, uint32_t off, uint32_t len)
+static void conn_token(struct head *hd, const char *t, uint32_t len)
 {
-    (void)off;
     if (len == 5 && ascii_ieq(t, "close", 5))
         hd->conn_close = true;
     else if (len == 10 && ascii_ieq(t, "keep-alive", 10)) {
@@ -226,9 +225,8 @@ static void conn_token(struct head *hd, const char *t, uint32_t off, uint32_t le
     }
 }
 
-static void te_coding(struct head *hd, const char *t, uint32_t off, uint32_t len)
+static void te_coding(struct head *hd, const char *t, uint32_t len)
 {
-    (void)off;
     hd->te_chunked_last = (len == 7 && ascii_ieq(t, "chunked", 7));
 }
 

@@ -161,7 +161,7 @@ static int run(struct config *cfg)
     if (uv_loop_init(&l->uv) < 0) goto out_free;
     if (bufpool_init(&l->pool, BUFPOOL_KEEP) < 0) goto out_loop;
     l->scratch = malloc(BUF_BLOCK);
-    if (!l->scratch) goto out_pool;
+    if (!l->scratch || outbox_init(&l->out, &l->pool) < 0) goto out_pool;
     if (tls_ctx_init(l, cfg->ca_file, err, sizeof err) < 0) {
         fprintf(stderr, "authproxy: %s\n", err);
         goto out_pool;
@@ -174,16 +174,8 @@ static int run(struct config *cfg)
         fprintf(stderr, "authproxy: cannot start the token engine\n");
         goto out_tls;
     }
-    if (outbox_init(&l->out, &l->uv, &l->pool) < 0) {
-        fprintf(stderr, "authproxy: out of memory\n");
-        timeouts_close(l);
-        token_cache_close(l);
-        uv_run(&l->uv, UV_RUN_DEFAULT);
-        goto out_tls;
-    }
     if (server_listen(l, err, sizeof err) < 0) {
         fprintf(stderr, "authproxy: %s\n", err);
-        outbox_close(&l->out);
         server_stop_listening(l);
         timeouts_close(l);
         token_cache_close(l);
@@ -199,6 +191,7 @@ static int run(struct config *cfg)
     uv_signal_start(&l->sigint, on_stop_signal, SIGINT);
     uv_signal_start(&l->sighup, on_hup, SIGHUP);
     trim_start(l);
+    outbox_start(&l->out, &l->uv);
     log_info("authproxy %s ready: %d route(s), %d provider(s), via %s", AUTHPROXY_VERSION,
              cfg->n_routes, cfg->n_providers, cfg->via);
     uv_run(&l->uv, UV_RUN_DEFAULT);

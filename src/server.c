@@ -450,7 +450,7 @@ void client_exchange_done(struct client *c, bool keep)
      * (nginx does the same): its EOF ends the connection once the buffered bytes are used up */
     bool buffered = c->in.off < c->in.len;
     if (!keep || (c->eof && !buffered) || c->loop->draining) {
-        flush_before_deciding(c);
+        if (c->eof) flush_before_deciding(c); /* linger sends it in shutdown_write */
         if (c->eof && !c->write_pending)
             client_close(c);
         else

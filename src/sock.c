@@ -110,7 +110,7 @@ static void on_check(uv_check_t *h)
     if (ob->n) outbox_send_all(ob);
 }
 
-int outbox_init(struct outbox *ob, uv_loop_t *loop, struct bufpool *pool)
+int outbox_init(struct outbox *ob, struct bufpool *pool)
 {
     ob->pool = pool;
     ob->cap = 64 * 1024;
@@ -123,11 +123,15 @@ int outbox_init(struct outbox *ob, uv_loop_t *loop, struct bufpool *pool)
         outbox_free(ob);
         return -1;
     }
+    return 0;
+}
+
+void outbox_start(struct outbox *ob, uv_loop_t *loop)
+{
     uv_check_init(loop, &ob->check);
     ob->check.data = ob;
     uv_check_start(&ob->check, on_check);
     uv_unref((uv_handle_t *)&ob->check); /* it never keeps the loop alive */
-    return 0;
 }
 
 void outbox_close(struct outbox *ob)

@@ -42,8 +42,10 @@ struct outbox {
     int n, max;
 };
 
-int outbox_init(struct outbox *ob, uv_loop_t *loop, struct bufpool *pool);
-/* Closes the check handle (sending what is gathered first); the buffers are freed by
+/* Allocates the buffers (-1: out of memory); outbox_start starts the check handle. */
+int outbox_init(struct outbox *ob, struct bufpool *pool);
+void outbox_start(struct outbox *ob, uv_loop_t *loop);
+/* Closes the started check handle (sending what is gathered first); the buffers are freed by
  * outbox_free once the loop has run the close. */
 void outbox_close(struct outbox *ob);
 void outbox_free(struct outbox *ob);

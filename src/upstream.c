@@ -298,15 +298,15 @@ static void on_written(uv_write_t *req, int status)
     if (c->writes_pending == 0 && c->state == UC_ACTIVE && c->ops) c->ops->drained(c->arg, c);
 }
 
-/* Writes now what the socket takes, the rest later from a copy (sock.h): 0, 1 pending, -1. */
 /* A gathered write the socket did not take whole is queued now (sock.h): count it. */
 static void gathered_pending(void *owner)
 {
     struct upconn *c = owner;
     c->writes_pending++;
-    if (c->state == UC_ACTIVE && c->ops && c->ops->pending) c->ops->pending(c->arg, c);
+    if (c->state == UC_ACTIVE && c->ops) c->ops->pending(c->arg, c);
 }
 
+/* Writes now what the socket takes, the rest later from a copy (sock.h): 0, 1 pending, -1. */
 static int write_out(struct upconn *c, const uv_buf_t *bufs, unsigned n, bool gather)
 {
     struct sock_owner who = {c, on_written, gathered_pending};

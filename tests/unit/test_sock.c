@@ -31,7 +31,8 @@ static int rig_open(struct rig *r)
     memset(r, 0, sizeof *r);
     if (uv_loop_init(&r->loop) < 0) return -1;
     if (bufpool_init(&r->pool, 4) < 0) return -1;
-    if (outbox_init(&r->ob, &r->loop, &r->pool) < 0) return -1;
+    if (outbox_init(&r->ob, &r->pool) < 0) return -1;
+    outbox_start(&r->ob, &r->loop);
     uv_timer_init(&r->loop, &r->alive);
     uv_timer_start(&r->alive, never, 3600 * 1000, 0);
     for (int i = 0; i < 2; i++) {
