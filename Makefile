@@ -1,6 +1,6 @@
 # authproxy - `make run` and `make test` install what is missing, build and run.
 CC      ?= gcc
-PKGS    := libuv libcjson libcurl openssl
+PKGS    := libuv libcjson libcurl openssl liburing
 LLHTTP  := /usr/share/llhttp
 BUILD   := build
 WARN    := -Wall -Wextra -Werror
@@ -16,7 +16,7 @@ LLSRCS  := $(LLHTTP)/api.c $(LLHTTP)/http.c $(LLHTTP)/llhttp.c
 UNIT    := $(wildcard tests/unit/*.c)
 
 # Debian packages: build, tests (curl, openssl CLI, python3), benchmark.
-DEPS_BUILD := gcc make pkg-config libuv1-dev node-llhttp libcjson-dev libcurl4-openssl-dev libssl-dev
+DEPS_BUILD := gcc make pkg-config libuv1-dev node-llhttp libcjson-dev libcurl4-openssl-dev libssl-dev liburing-dev
 DEPS_TEST  := curl openssl python3 ca-certificates procps
 DEPS_BENCH := nginx-light haproxy wrk gnuplot-nox util-linux
 

@@ -161,7 +161,11 @@ static int run(struct config *cfg)
     if (uv_loop_init(&l->uv) < 0) goto out_free;
     if (bufpool_init(&l->pool, BUFPOOL_KEEP) < 0) goto out_loop;
     l->scratch = malloc(BUF_BLOCK);
-    if (!l->scratch || outbox_init(&l->out, &l->pool) < 0) goto out_pool;
+    /* AUTHPROXY_IO_URING=0: one send() per write even where io_uring works (tests, diagnosis) */
+    const char *ring_env = getenv("AUTHPROXY_IO_URING");
+    bool use_ring = !(ring_env && strcmp(ring_env, "0") == 0);
+    int ring_error = 0;
+    if (!l->scratch || outbox_init(&l->out, &l->pool, use_ring, &ring_error) < 0) goto out_pool;
     if (tls_ctx_init(l, cfg->ca_file, err, sizeof err) < 0) {
         fprintf(stderr, "authproxy: %s\n", err);
         goto out_pool;
@@ -194,6 +198,12 @@ static int run(struct config *cfg)
     outbox_start(&l->out, &l->uv);
     log_info("authproxy %s ready: %d route(s), %d provider(s), via %s", AUTHPROXY_VERSION,
              cfg->n_routes, cfg->n_providers, cfg->via);
+    if (!use_ring)
+        log_info("writes: one send() each (AUTHPROXY_IO_URING=0)");
+    else if (!l->out.ring_ok)
+        log_info("writes: one send() each (io_uring unavailable: %s)", uv_strerror(ring_error));
+    else
+        log_debug("writes: batched with io_uring");
     uv_run(&l->uv, UV_RUN_DEFAULT);
     log_info("stopped");
     rc = 0;

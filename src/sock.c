@@ -10,11 +10,20 @@
  * read, then go out in order, one send() each: a proxy that answers each event at once wakes
  * the client and the upstream for every request, one that sends in a batch lets them find
  * several at once (fewer context switches on their side and on ours). The outbox is empty at
- * the end of every iteration, so a write waits only for the events already at hand. */
+ * the end of every iteration, so a write waits only for the events already at hand.
+ *
+ * With an io_uring the batch is one io_uring_enter() instead of one send() per write: on a
+ * virtual machine entering the kernel costs more than a small send itself. Each send carries
+ * MSG_DONTWAIT, so the kernel tries it once, inline, and its completion is posted before the
+ * call returns (nothing is left in flight to outlive a buffer or a socket); one that the
+ * socket takes only in part is handled as send() is. A batch holds at most one send per
+ * socket, since two sends to one socket submitted together could complete out of order if the
+ * first were cut short: a second write to a socket starts the next batch. */
 #include "sock.h"
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 
 struct owned_write {
@@ -84,21 +93,105 @@ static int queue_copy(uv_stream_t *s, struct bufpool *p, const uv_buf_t *bufs, u
     return 0;
 }
 
+/* What happens after a gathered write's send returned w (bytes, or a negative errno as libuv's
+ * errors are on Unix): the rest is queued and the owner told, unless the socket is broken (the
+ * owner learns it from the socket) or about to close (!keep). */
+static void item_sent(struct outbox *ob, struct out_item *it, int w, bool keep)
+{
+    uv_stream_t *s = it->s;
+    it->s = NULL;
+    if (w >= 0 && (uint32_t)w == it->len) return;
+    if (w < 0 && w != UV_EAGAIN) return;
+    if (!keep) return;
+    uv_buf_t b = uv_buf_init(ob->buf + it->off, it->len);
+    size_t done = w > 0 ? (size_t)w : 0;
+    if (queue_copy(s, ob->pool, &b, 1, done, it->who.owner, it->who.cb) == 0)
+        it->who.pending(it->who.owner);
+}
+
 static void send_item(struct outbox *ob, struct out_item *it, bool keep)
 {
     uv_buf_t b = uv_buf_init(ob->buf + it->off, it->len);
-    int w = sock_send(it->s, &b, 1);
-    if (w >= 0 && (uint32_t)w == it->len) return;
-    if (w < 0 && w != UV_EAGAIN) return; /* broken: the owner learns it from the socket */
-    if (!keep) return;                   /* the connection is being closed */
-    size_t done = w > 0 ? (size_t)w : 0;
-    if (queue_copy(it->s, ob->pool, &b, 1, done, it->who.owner, it->who.cb) == 0)
-        it->who.pending(it->who.owner);
+    item_sent(ob, it, sock_send(it->s, &b, 1), keep);
+}
+
+#define SEEN_SIZE (2 * OUTBOX_RING_ENTRIES) /* a batch fills it at most half: probes end */
+
+/* Adds s to the batch being prepared; false if it is there already. */
+static bool seen_add(struct outbox *ob, uv_stream_t *s)
+{
+    size_t h = (size_t)(((uintptr_t)s >> 4) * 0x9E3779B97F4A7C15u >> 32) & (SEEN_SIZE - 1);
+    for (;; h = (h + 1) & (SEEN_SIZE - 1)) {
+        struct ring_seen *e = &ob->seen[h];
+        if (e->gen != ob->gen) {
+            *e = (struct ring_seen){.s = s, .gen = ob->gen};
+            return true;
+        }
+        if (e->s == s) return false;
+    }
+}
+
+static void ring_off(struct outbox *ob)
+{
+    io_uring_queue_exit(&ob->ring);
+    ob->ring_ok = false;
+}
+
+/* Submits the items from `from` on, up to the first second write to a socket or a full ring,
+ * and handles their results; returns where the next batch starts. */
+static int ring_batch(struct outbox *ob, int from)
+{
+    struct io_uring *r = &ob->ring;
+    if (++ob->gen == 0) { /* after 2^32 batches: old stamps could match again */
+        memset(ob->seen, 0, sizeof *ob->seen * SEEN_SIZE);
+        ob->gen = 1;
+    }
+    int i = from, queued = 0;
+    for (; i < ob->n && queued < OUTBOX_RING_ENTRIES; i++) {
+        struct out_item *it = &ob->items[i];
+        if (!it->s) continue;
+        if (it->s->write_queue_size) { /* libuv's queued writes go first: this one queues */
+            send_item(ob, it, true);
+            continue;
+        }
+        if (!seen_add(ob, it->s)) break;
+        struct io_uring_sqe *e = io_uring_get_sqe(r);
+        io_uring_prep_send(e, fd_of(it->s), ob->buf + it->off, it->len,
+                           MSG_NOSIGNAL | MSG_DONTWAIT);
+        io_uring_sqe_set_data64(e, (uint64_t)i);
+        queued++;
+    }
+    if (!queued) return i;
+    ob->ring_batches++;
+    int consumed = io_uring_submit(r);
+    if (consumed < 0) consumed = 0;
+    for (int left = consumed; left > 0;) {
+        struct io_uring_cqe *cqe;
+        unsigned head, got = 0;
+        io_uring_for_each_cqe(r, head, cqe)
+        {
+            item_sent(ob, &ob->items[cqe->user_data], cqe->res, true);
+            got++;
+        }
+        io_uring_cq_advance(r, got);
+        left -= (int)got;
+        /* MSG_DONTWAIT completes inline: waiting here is a safeguard, not a path */
+        if (left > 0 && io_uring_wait_cqe(r, &cqe) < 0) break;
+    }
+    if (consumed < queued) { /* the ring failed: what it did not take goes out with send() */
+        ring_off(ob);
+        for (int k = from; k < i; k++)
+            if (ob->items[k].s) send_item(ob, &ob->items[k], true);
+    }
+    return i;
 }
 
 static void outbox_send_all(struct outbox *ob)
 {
-    for (int i = 0; i < ob->n; i++)
+    int i = 0;
+    while (i < ob->n && ob->ring_ok && ob->n - i > 1)
+        i = ring_batch(ob, i);
+    for (; i < ob->n; i++)
         if (ob->items[i].s) send_item(ob, &ob->items[i], true);
     ob->n = 0;
     ob->used = 0;
@@ -110,18 +203,30 @@ static void on_check(uv_check_t *h)
     if (ob->n) outbox_send_all(ob);
 }
 
-int outbox_init(struct outbox *ob, struct bufpool *pool)
+int outbox_init(struct outbox *ob, struct bufpool *pool, bool use_ring, int *ring_error)
 {
     ob->pool = pool;
     ob->cap = 64 * 1024;
     ob->max = 512;
     ob->used = 0;
     ob->n = 0;
+    ob->ring_ok = false;
+    ob->ring_batches = 0;
+    ob->gen = 0;
     ob->buf = malloc(ob->cap);
     ob->items = malloc(sizeof *ob->items * (size_t)ob->max);
-    if (!ob->buf || !ob->items) {
+    ob->seen = calloc(SEEN_SIZE, sizeof *ob->seen);
+    if (!ob->buf || !ob->items || !ob->seen) {
         outbox_free(ob);
         return -1;
+    }
+    *ring_error = 0;
+    if (use_ring) {
+        /* SUBMIT_ALL: one refused send does not stop the others (Linux 5.18) */
+        int e = io_uring_queue_init(OUTBOX_RING_ENTRIES, &ob->ring, IORING_SETUP_SUBMIT_ALL);
+        if (e == -EINVAL) e = io_uring_queue_init(OUTBOX_RING_ENTRIES, &ob->ring, 0);
+        ob->ring_ok = e == 0;
+        *ring_error = e;
     }
     return 0;
 }
@@ -142,20 +247,19 @@ void outbox_close(struct outbox *ob)
 
 void outbox_free(struct outbox *ob)
 {
+    if (ob->ring_ok) ring_off(ob);
     free(ob->buf);
     free(ob->items);
+    free(ob->seen);
     ob->buf = NULL;
     ob->items = NULL;
+    ob->seen = NULL;
 }
 
 void sock_flush(struct outbox *ob, uv_stream_t *s, bool keep)
 {
-    for (int i = 0; i < ob->n; i++) {
-        if (ob->items[i].s != s) continue;
-        struct out_item it = ob->items[i];
-        ob->items[i].s = NULL; /* sent now, not again at the end of the iteration */
-        send_item(ob, &it, keep);
-    }
+    for (int i = 0; i < ob->n; i++)
+        if (ob->items[i].s == s) send_item(ob, &ob->items[i], keep); /* not again later */
 }
 
 int sock_write(uv_stream_t *s, struct outbox *ob, const uv_buf_t *bufs, unsigned n, bool gather,

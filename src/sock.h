@@ -6,6 +6,7 @@
 #ifndef AUTHPROXY_SOCK_H
 #define AUTHPROXY_SOCK_H
 
+#include <liburing.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -30,9 +31,19 @@ struct out_item {
     struct sock_owner who;
 };
 
+#define OUTBOX_RING_ENTRIES 256 /* sends submitted together at most */
+
+/* A socket already sent to in the batch being prepared (sock.c). */
+struct ring_seen {
+    uv_stream_t *s;
+    uint32_t gen;
+};
+
 /* The small writes of one loop iteration, sent in order by a check handle after the loop has
  * handled every ready socket: the peers then find many requests or responses at once rather
- * than being woken for each (HAProxy sends the same way). One per loop; owns its buffers. */
+ * than being woken for each (HAProxy sends the same way). With an io_uring they are submitted
+ * together, one system call for the batch instead of one send() each. One per loop; owns its
+ * buffers and its ring. */
 struct outbox {
     uv_check_t check;
     struct bufpool *pool;
@@ -40,10 +51,17 @@ struct outbox {
     uint32_t used, cap;
     struct out_item *items;
     int n, max;
+    bool ring_ok;          /* false: one send() per write */
+    uint64_t ring_batches; /* io_uring submissions so far */
+    uint32_t gen;
+    struct ring_seen *seen;
+    struct io_uring ring;
 };
 
-/* Allocates the buffers (-1: out of memory); outbox_start starts the check handle. */
-int outbox_init(struct outbox *ob, struct bufpool *pool);
+/* Allocates the buffers (-1: out of memory) and, if use_ring, an io_uring; when the kernel
+ * refuses one (old, disabled, or forbidden by a seccomp filter) the writes go out with one
+ * send() each and why is in ring_error. outbox_start starts the check handle. */
+int outbox_init(struct outbox *ob, struct bufpool *pool, bool use_ring, int *ring_error);
 void outbox_start(struct outbox *ob, uv_loop_t *loop);
 /* Closes the started check handle (sending what is gathered first); the buffers are freed by
  * outbox_free once the loop has run the close. */

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """authproxy test runner (what `make test` calls after building).
 
-  python3 tests/run.py            unit tests, e2e on build/authproxy, then on build/authproxy-asan
+  python3 tests/run.py            unit tests, e2e on build/authproxy, then on build/authproxy-asan,
+                                  then on build/authproxy with AUTHPROXY_IO_URING=0 (--no-send skips)
   python3 tests/run.py -k NAME            only e2e tests whose name contains NAME (no unit tests)
   python3 tests/run.py --release-only / --asan-only / --no-unit
   (AUTHPROXY_RELEASE_BIN / AUTHPROXY_ASAN_BIN override the binaries, AUTHPROXY_E2E_DIR the tests)
@@ -227,6 +228,8 @@ def main():
     ap.add_argument("--asan-only", action="store_true")
     ap.add_argument("--no-unit", action="store_true")
     ap.add_argument("--no-bench", action="store_true", help="skip the benchmark smoke run")
+    ap.add_argument("--no-send", action="store_true",
+                    help="skip the release run with one send() per write (AUTHPROXY_IO_URING=0)")
     ap.add_argument("-v", action="store_true", help="print the output of failing tests")
     a = ap.parse_args()
     if a.one:
@@ -264,17 +267,24 @@ def main():
             say("FAIL e2e/certificates: %s" % e)
             failed += 1
 
+        # release and ASan with writes batched through io_uring (where the kernel allows it),
+        # and release again with one send() per write (AUTHPROXY_IO_URING=0), the path taken
+        # where io_uring is refused
+        release = os.environ.get("AUTHPROXY_RELEASE_BIN") or os.path.join(ROOT, "build", "authproxy")
         flavours = []
         if not a.asan_only:
-            flavours.append(("", os.environ.get("AUTHPROXY_RELEASE_BIN")
-                             or os.path.join(ROOT, "build", "authproxy"), "0"))
+            flavours.append(("", release, "0", None))
         if not a.release_only:
             flavours.append((" [asan]", os.environ.get("AUTHPROXY_ASAN_BIN")
-                             or os.path.join(ROOT, "build", "authproxy-asan"), "1"))
-        for tag, binary, asan in flavours:
+                             or os.path.join(ROOT, "build", "authproxy-asan"), "1", None))
+        if not (a.asan_only or a.no_send):
+            flavours.append((" [send]", release, "0", "0"))
+        for tag, binary, asan, ring in flavours:
             e = dict(env)
             e["AUTHPROXY_BIN"] = binary
             e["AUTHPROXY_ASAN"] = asan
+            if ring is not None:
+                e["AUTHPROXY_IO_URING"] = ring
             missing = not os.path.exists(binary)
             for mod, name, heavy in tests:
                 label = "e2e/%s%s" % (name, tag)
