@@ -68,26 +68,46 @@ void bufpool_release(struct bufpool *p, void *ptr, size_t size)
 int inbuf_for_read(struct inbuf *b, struct bufpool *p)
 {
     if (b->base) return 0;
-    if (p->lent) return inbuf_ensure(b, p);
-    if (!p->shared) p->shared = bufpool_get(p);
-    if (!p->shared) return -1;
-    b->base = p->shared;
+    if (p->lent) { /* a read nested in another's, or one of a batch: a block lent for it */
+        b->base = bufpool_get(p);
+        if (!b->base) return -1;
+    } else {
+        if (!p->shared) p->shared = bufpool_get(p);
+        if (!p->shared) return -1;
+        b->base = p->shared;
+        p->lent = true;
+    }
     b->cap = BUF_BLOCK;
     b->len = b->off = 0;
-    b->lent = p->lent = true;
+    b->lent = true;
     return 0;
 }
 
+/* The lent block goes back: the shared one stays the pool's, another returns to the pool. */
 static void unlend(struct inbuf *b, struct bufpool *p)
 {
-    b->lent = p->lent = false;
+    b->lent = false;
+    if (b->base == p->shared)
+        p->lent = false;
+    else
+        bufpool_put(p, b->base);
+}
+
+/* b stops borrowing and keeps the block as its own (a shared one is replaced at the next read). */
+static void keep_lent(struct inbuf *b, struct bufpool *p)
+{
+    b->lent = false;
+    if (b->base == p->shared) {
+        p->shared = NULL;
+        p->lent = false;
+    }
 }
 
 void inbuf_settle(struct inbuf *b, struct bufpool *p)
 {
     if (!b->lent) return;
-    unlend(b, p);
     if (b->len == 0) {
+        unlend(b, p);
         b->base = NULL;
         b->cap = b->off = 0;
         return;
@@ -96,12 +116,13 @@ void inbuf_settle(struct inbuf *b, struct bufpool *p)
         char *n = malloc(2 * KEEP_COPY); /* room for the rest of a head */
         if (n) {
             memcpy(n, b->base, b->len);
+            unlend(b, p);
             b->base = n;
             b->cap = 2 * KEEP_COPY;
             return;
         }
     }
-    p->shared = NULL; /* b keeps the block; the next read borrows a fresh one */
+    keep_lent(b, p);
 }
 
 int inbuf_ensure(struct inbuf *b, struct bufpool *p)

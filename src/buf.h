@@ -5,7 +5,8 @@
  * the rest, so an idle process holds little memory.
  *
  * Reads go into one shared block per loop: a connection with no bytes to keep borrows it for
- * the length of a read callback (inbuf_for_read) and gives it back at the end (inbuf_settle),
+ * the length of a read callback (inbuf_for_read) and gives it back at the end (inbuf_settle);
+ * the reads of a batch (sock.c) each borrow a pool block the same way,
  * keeping only what must outlive the callback (a head waiting for a token, bytes not yet
  * forwarded). Writes that cannot complete at once copy what is left (bufpool_alloc), so no
  * pending write points into an input buffer. An inbuf owns its base unless `lent`: a pool
@@ -47,13 +48,14 @@ void bufpool_release(struct bufpool *p, void *ptr, size_t size);
 struct inbuf {
     char *base;
     uint32_t cap, len, off;
-    bool lent; /* base is the pool's shared block, borrowed for one read callback */
+    bool lent; /* base is borrowed for one read callback: the pool's shared block, or another */
 };
 
 /* Makes sure base exists (a pool block of b's own). Returns -1 when out of memory. */
 int inbuf_ensure(struct inbuf *b, struct bufpool *p);
-/* For a read: b's own base if it has one, else the shared block when nobody holds it (a read
- * nested in another's callback gets a block of its own). Returns -1 when out of memory. */
+/* For a read: b's own base if it has one, else the shared block when nobody holds it, else
+ * (a read nested in another's callback, or one of a batch of reads) a pool block lent the same
+ * way. Returns -1 when out of memory. */
 int inbuf_for_read(struct inbuf *b, struct bufpool *p);
 /* End of a read callback: a borrowed block goes back to the pool; bytes [0, len) still held
  * (len > 0) become b's own first, copied when few, else by keeping the block itself. */

@@ -93,6 +93,13 @@ void server_timers_init(struct loop *l)
 
 /* ---- reading ---- */
 
+static void read_stop(struct client *c)
+{
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    sock_recv_cancel(&c->loop->out, (uv_stream_t *)&c->tcp);
+    c->reading = false;
+}
+
 static void read_update(struct client *c)
 {
     bool want = c->state != C_CLOSED && !c->eof &&
@@ -101,8 +108,7 @@ static void read_update(struct client *c)
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
         c->reading = true;
     } else if (!want && c->reading) {
-        uv_read_stop((uv_stream_t *)&c->tcp);
-        c->reading = false;
+        read_stop(c);
     }
 }
 
@@ -119,41 +125,50 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = 0;
 }
 
+/* nread as sock_recv gives it: bytes received are already in c->in. */
 static void read_done(struct client *c, ssize_t nread)
 {
-    uv_stream_t *s = (uv_stream_t *)&c->tcp;
     if (c->state == C_CLOSED) return;
     if (nread == 0) return;
     if (nread == UV_ENOBUFS) {
-        uv_read_stop(s);
-        c->reading = false;
+        read_stop(c);
         return;
     }
     if (nread < 0) {
         c->eof = true;
-        uv_read_stop(s);
-        c->reading = false;
+        read_stop(c);
         /* A client that half-closes after a complete request still gets its answer. */
         if (nread == UV_EOF && c->state == C_DONE) return;
         client_close(c);
         return;
     }
-    if (c->state == C_CLOSING) return; /* lingering: discard */
-    c->in.len += (uint32_t)nread;
+    if (c->state == C_CLOSING) { /* lingering: discard (a batched read went to c->in) */
+        inbuf_free(&c->in, &c->loop->pool);
+        return;
+    }
     client_process(c);
     /* a head still incomplete after this read must finish in time (a complete one never
      * needed the timer: the common case costs no timer work) */
     if (c->state == C_HEAD && c->ex && c->to.kind != TO_HEADER) timer_set(c, TO_HEADER);
 }
 
+static void on_received(uv_stream_t *s, ssize_t nread)
+{
+    struct client *c = s->data;
+    read_done(c, nread);
+    inbuf_settle(&c->in, &c->loop->pool);    /* what is still held becomes the client's own */
+    if (c->ex) c->ex->req.base = c->in.base; /* the head is parsed in place: follow a copy */
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct client *c = s->data;
     (void)buf;
-    if (nread == UV_ENOBUFS && c->state < C_CLOSING) nread = sock_recv(s, &c->in, &c->loop->pool);
-    read_done(c, nread);
-    inbuf_settle(&c->in, &c->loop->pool);    /* what is still held becomes the client's own */
-    if (c->ex) c->ex->req.base = c->in.base; /* the head is parsed in place: follow a copy */
+    if (nread == UV_ENOBUFS && c->state < C_CLOSING) {
+        if (sock_recv_later(&c->loop->out, s, &c->in, on_received)) return;
+        nread = sock_recv(s, &c->in, &c->loop->pool);
+    }
+    on_received(s, nread);
 }
 
 /* ---- parsing ---- */

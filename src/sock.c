@@ -49,7 +49,10 @@ ssize_t sock_recv(uv_stream_t *s, struct inbuf *b, struct bufpool *p)
     do
         n = recv(fd_of(s), b->base + b->len, b->cap - b->len, 0);
     while (n < 0 && errno == EINTR);
-    if (n > 0) return n;
+    if (n > 0) {
+        b->len += (uint32_t)n;
+        return n;
+    }
     if (n == 0) return UV_EOF;
     if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
     return uv_translate_sys_error(errno);
@@ -117,6 +120,15 @@ static void send_item(struct outbox *ob, struct out_item *it, bool keep)
 
 #define SEEN_SIZE (2 * OUTBOX_RING_ENTRIES) /* a batch fills it at most half: probes end */
 
+/* Starts a batch: the sockets seen so far are forgotten. */
+static void new_batch(struct outbox *ob)
+{
+    if (++ob->gen == 0) { /* after 2^32 batches: old stamps could match again */
+        memset(ob->seen, 0, sizeof *ob->seen * SEEN_SIZE);
+        ob->gen = 1;
+    }
+}
+
 /* Adds s to the batch being prepared; false if it is there already. */
 static bool seen_add(struct outbox *ob, uv_stream_t *s)
 {
@@ -142,10 +154,7 @@ static void ring_off(struct outbox *ob)
 static int ring_batch(struct outbox *ob, int from)
 {
     struct io_uring *r = &ob->ring;
-    if (++ob->gen == 0) { /* after 2^32 batches: old stamps could match again */
-        memset(ob->seen, 0, sizeof *ob->seen * SEEN_SIZE);
-        ob->gen = 1;
-    }
+    new_batch(ob);
     int i = from, queued = 0;
     for (; i < ob->n && queued < OUTBOX_RING_ENTRIES; i++) {
         struct out_item *it = &ob->items[i];
@@ -186,6 +195,90 @@ static int ring_batch(struct outbox *ob, int from)
     return i;
 }
 
+/* A recv's result as sock_recv gives it. */
+static ssize_t recv_result(int res)
+{
+    if (res > 0) return res;
+    if (res == 0) return UV_EOF;
+    return res == -EAGAIN ? 0 : res;
+}
+
+bool sock_recv_later(struct outbox *ob, uv_stream_t *s, struct inbuf *in, sock_read_cb done)
+{
+    if (!ob->ring_ok || ob->nr == OUTBOX_RING_ENTRIES || ob->in_recv_all) return false;
+    ob->reads[ob->nr++] = (struct in_item){.s = s, .in = in, .done = done};
+    return true;
+}
+
+void sock_recv_cancel(struct outbox *ob, uv_stream_t *s)
+{
+    if (ob->in_recv_all)
+        return; /* received already: the callback runs, the owner's state
+                 * tells it what to do with the bytes */
+    for (int i = 0; i < ob->nr; i++)
+        if (ob->reads[i].s == s) ob->reads[i].s = NULL;
+}
+
+/* The reads of this iteration: all received (one submission), then each callback in turn. */
+static void recv_all(struct outbox *ob)
+{
+    struct io_uring *r = &ob->ring;
+    new_batch(ob);
+    int queued = 0;
+    for (int i = 0; i < ob->nr; i++) {
+        struct in_item *it = &ob->reads[i];
+        it->res = 0;
+        if (!it->s) continue;
+        if (!seen_add(ob, it->s)) { /* reported twice (libuv polled again): one read */
+            it->s = NULL;
+            continue;
+        }
+        struct inbuf *b = it->in;
+        if (inbuf_for_read(b, ob->pool) < 0 || b->len >= b->cap) {
+            it->res = UV_ENOBUFS; /* no room: the owner stops reading, as libuv does */
+            continue;
+        }
+        struct io_uring_sqe *e = io_uring_get_sqe(r);
+        io_uring_prep_recv(e, fd_of(it->s), b->base + b->len, b->cap - b->len, MSG_DONTWAIT);
+        io_uring_sqe_set_data64(e, (uint64_t)i);
+        queued++;
+    }
+    int consumed = 0;
+    if (queued) {
+        ob->ring_batches++;
+        consumed = io_uring_submit(r);
+        if (consumed < 0) consumed = 0;
+    }
+    for (int left = consumed; left > 0;) {
+        struct io_uring_cqe *cqe;
+        unsigned head, got = 0;
+        io_uring_for_each_cqe(r, head, cqe)
+        {
+            struct in_item *it = &ob->reads[cqe->user_data];
+            it->res = recv_result(cqe->res);
+            if (it->res > 0) it->in->len += (uint32_t)it->res;
+            got++;
+        }
+        io_uring_cq_advance(r, got);
+        left -= (int)got;
+        if (left > 0 && io_uring_wait_cqe(r, &cqe) < 0) break; /* a safeguard, as for sends */
+    }
+    if (consumed < queued) { /* the ring failed: nothing was read for the rest, libuv will
+                              * report them again; their borrowed blocks go back in done */
+        ring_off(ob);
+    }
+    ob->in_recv_all = true; /* a read a callback starts is not batched */
+    for (int i = 0; i < ob->nr; i++) {
+        struct in_item *it = &ob->reads[i];
+        if (!it->s) continue;
+        uv_stream_t *s = it->s;
+        it->s = NULL;
+        it->done(s, it->res);
+    }
+    ob->in_recv_all = false;
+    ob->nr = 0;
+}
+
 static void outbox_send_all(struct outbox *ob)
 {
     int i = 0;
@@ -200,6 +293,7 @@ static void outbox_send_all(struct outbox *ob)
 static void on_check(uv_check_t *h)
 {
     struct outbox *ob = h->data;
+    if (ob->nr) recv_all(ob);
     if (ob->n) outbox_send_all(ob);
 }
 
@@ -216,7 +310,10 @@ int outbox_init(struct outbox *ob, struct bufpool *pool, bool use_ring, int *rin
     ob->buf = malloc(ob->cap);
     ob->items = malloc(sizeof *ob->items * (size_t)ob->max);
     ob->seen = calloc(SEEN_SIZE, sizeof *ob->seen);
-    if (!ob->buf || !ob->items || !ob->seen) {
+    ob->reads = malloc(sizeof *ob->reads * OUTBOX_RING_ENTRIES);
+    ob->nr = 0;
+    ob->in_recv_all = false;
+    if (!ob->buf || !ob->items || !ob->seen || !ob->reads) {
         outbox_free(ob);
         return -1;
     }
@@ -251,6 +348,8 @@ void outbox_free(struct outbox *ob)
     free(ob->buf);
     free(ob->items);
     free(ob->seen);
+    free(ob->reads);
+    ob->reads = NULL;
     ob->buf = NULL;
     ob->items = NULL;
     ob->seen = NULL;
@@ -258,6 +357,7 @@ void outbox_free(struct outbox *ob)
 
 void sock_flush(struct outbox *ob, uv_stream_t *s, bool keep)
 {
+    if (!keep) sock_recv_cancel(ob, s);
     for (int i = 0; i < ob->n; i++)
         if (ob->items[i].s == s) send_item(ob, &ob->items[i], keep); /* not again later */
 }

@@ -25,6 +25,15 @@ struct sock_owner {
     void (*pending)(void *owner);
 };
 
+/* A read waiting for the end of the iteration: its bytes are appended to in, then done runs. */
+typedef void (*sock_read_cb)(uv_stream_t *s, ssize_t nread);
+struct in_item {
+    uv_stream_t *s; /* NULL once cancelled */
+    struct inbuf *in;
+    sock_read_cb done;
+    ssize_t res;
+};
+
 struct out_item {
     uv_stream_t *s; /* NULL once sent early (sock_flush) */
     uint32_t off, len;
@@ -51,6 +60,9 @@ struct outbox {
     uint32_t used, cap;
     struct out_item *items;
     int n, max;
+    struct in_item *reads; /* OUTBOX_RING_ENTRIES */
+    int nr;
+    bool in_recv_all;
     bool ring_ok;          /* false: one send() per write */
     uint64_t ring_batches; /* io_uring submissions so far */
     uint32_t gen;
@@ -68,10 +80,18 @@ void outbox_start(struct outbox *ob, uv_loop_t *loop);
 void outbox_close(struct outbox *ob);
 void outbox_free(struct outbox *ob);
 
-/* Receives into b's free space (b borrows the pool's shared block when it has none).
- * Returns the bytes received (> 0), 0 when nothing is there, UV_EOF, UV_ENOBUFS when b has no
- * room or memory ran out, or another negative libuv error. */
+/* Receives into b's free space (b borrows the pool's shared block when it has none) and adds
+ * what came to b->len. Returns the bytes received (> 0), 0 when nothing is there, UV_EOF,
+ * UV_ENOBUFS when b has no room or memory ran out, or another negative libuv error. */
 ssize_t sock_recv(uv_stream_t *s, struct inbuf *b, struct bufpool *p);
+/* With an io_uring: s is readable; its recv joins the others of this iteration, submitted
+ * together once every ready socket has been seen, then done(s, result as sock_recv's) runs
+ * for each in turn, after all of them have been received (so one's callback may touch
+ * another's input: it is complete). false (no ring, batch full): receive now. */
+bool sock_recv_later(struct outbox *ob, uv_stream_t *s, struct inbuf *in, sock_read_cb done);
+/* Forgets a read waiting for the batch (the owner stopped reading s, or closes it); once the
+ * batch has received, the callback runs anyway and the owner's state decides. */
+void sock_recv_cancel(struct outbox *ob, uv_stream_t *s);
 /* Takes bufs for s; the caller's buffers are free again on return. A small write asked to
  * gather (a message head, with a small body) while nothing is queued for s is copied into the
  * outbox (0); if the socket later takes only part of it, the rest is queued and who->pending
@@ -89,7 +109,7 @@ void *sock_write_done(uv_write_t *req);
 /* Sends what s has in the outbox now. Called where the owner decides between closing and
  * lingering (keep: what the socket does not take is queued and who->pending runs, so the
  * owner's "is a write pending?" is true), and just before uv_close (!keep: the rest is dropped,
- * as uv_close drops any pending write). */
+ * as uv_close drops any pending write, and a read waiting for the batch is forgotten). */
 void sock_flush(struct outbox *ob, uv_stream_t *s, bool keep);
 
 #endif

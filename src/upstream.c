@@ -224,9 +224,16 @@ static void deliver(struct upconn *c)
     inbuf_settle(&c->in, &c->loop->pool); /* what the owner still holds becomes c's own */
 }
 
+static void read_stop(struct upconn *c)
+{
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    sock_recv_cancel(&c->loop->out, (uv_stream_t *)&c->tcp);
+    c->reading = false;
+}
+
+/* nread as sock_recv gives it (bytes in c->in), or from libuv into buf (TLS: ciphertext). */
 static void read_done(struct upconn *c, ssize_t nread, const uv_buf_t *buf)
 {
-    uv_stream_t *s = (uv_stream_t *)&c->tcp;
     if (c->state == UC_CLOSING) return;
     if (c->state == UC_IDLE) { /* the server closed (or spoke) while idle */
         upconn_close(c);
@@ -236,8 +243,7 @@ static void read_done(struct upconn *c, ssize_t nread, const uv_buf_t *buf)
     if (nread < 0) {
         if (nread == UV_EOF && c->state == UC_ACTIVE) {
             c->eof = true;
-            uv_read_stop(s);
-            c->reading = false;
+            read_stop(c);
             if (c->ops) conn_fail(c, 0);
             return;
         }
@@ -254,17 +260,24 @@ static void read_done(struct upconn *c, ssize_t nread, const uv_buf_t *buf)
             tls_handshake(c);
             return;
         }
-    } else {
-        c->in.len += (uint32_t)nread;
-    }
+    } /* else sock_recv put the bytes in c->in */
     deliver(c);
+}
+
+static void on_received(uv_stream_t *s, ssize_t nread)
+{
+    struct upconn *c = s->data;
+    read_done(c, nread, NULL);
+    inbuf_settle(&c->in, &c->loop->pool);
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct upconn *c = s->data;
-    if (nread == UV_ENOBUFS && !c->ssl && c->state != UC_CLOSING)
+    if (nread == UV_ENOBUFS && !c->ssl && c->state != UC_CLOSING) {
+        if (sock_recv_later(&c->loop->out, s, &c->in, on_received)) return;
         nread = sock_recv(s, &c->in, &c->loop->pool);
+    }
     read_done(c, nread, buf);
     inbuf_settle(&c->in, &c->loop->pool);
 }
@@ -277,8 +290,7 @@ void upconn_read(struct upconn *c, bool on)
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
         c->reading = true;
     } else if (!on && c->reading) {
-        uv_read_stop((uv_stream_t *)&c->tcp);
-        c->reading = false;
+        read_stop(c);
     }
     if (on && tls_has_pending(c)) deliver(c);
 }

@@ -57,11 +57,13 @@ TEST(shared_block_is_lent_once_and_given_back_when_empty)
     struct inbuf a = {0}, b = {0};
     REQUIRE(inbuf_for_read(&a, &pool) == 0);
     CHECK(a.lent && pool.lent && a.base == pool.shared && a.cap == BUF_BLOCK);
-    /* a read nested in a's callback gets a block of its own */
+    /* a read nested in a's callback gets a block of its own, lent the same way */
     REQUIRE(inbuf_for_read(&b, &pool) == 0);
-    CHECK(!b.lent && b.base != a.base);
+    CHECK(b.lent && b.base != a.base && b.base != pool.shared && b.cap == BUF_BLOCK);
+    CHECK_EQ_INT(pool.out, 2);
     inbuf_free(&b, &pool);
     CHECK_EQ_INT(pool.n_free, 1);
+    CHECK(b.base == NULL && pool.lent && a.lent);
     /* a consumed everything: settle gives the block back, a holds nothing */
     char *shared = pool.shared;
     inbuf_settle(&a, &pool);
@@ -103,6 +105,34 @@ TEST(settle_keeps_what_the_reader_still_holds)
     inbuf_settle(&b, &pool);
     inbuf_free(&a, &pool); /* a's block goes to the pool like any other */
     CHECK_EQ_INT(pool.n_free, 1);
+    bufpool_destroy(&pool);
+}
+
+/* The reads of a batch (sock.c) each borrow a block while the first holds the shared one:
+ * settled, each gives its block back to the pool, copies a few held bytes out, or keeps it. */
+TEST(blocks_lent_beside_the_shared_one_go_back_to_the_pool)
+{
+    struct bufpool pool;
+    REQUIRE(bufpool_init(&pool, 8) == 0);
+    struct inbuf r[4] = {{0}};
+    for (int i = 0; i < 4; i++)
+        REQUIRE(inbuf_for_read(&r[i], &pool) == 0);
+    CHECK(r[0].base == pool.shared);
+    CHECK(r[1].lent && r[2].lent && r[3].lent && pool.out == 4);
+    r[2].len = 10; /* a few bytes held: copied out, the block goes back */
+    memcpy(r[2].base, "0123456789", 10);
+    char *kept = r[3].base;
+    r[3].len = 5000; /* many: r[3] keeps its block */
+    for (int i = 0; i < 4; i++)
+        inbuf_settle(&r[i], &pool);
+    CHECK(r[0].base == NULL && r[1].base == NULL && !pool.lent && pool.shared != NULL);
+    CHECK(r[2].base && r[2].cap < BUF_BLOCK && memcmp(r[2].base, "0123456789", 10) == 0);
+    CHECK(!r[3].lent && r[3].base == kept && r[3].cap == BUF_BLOCK && r[3].len == 5000);
+    CHECK_EQ_INT(pool.out, 2); /* the shared block and r[3]'s */
+    CHECK_EQ_INT(pool.n_free, 2);
+    inbuf_free(&r[2], &pool);
+    inbuf_free(&r[3], &pool);
+    CHECK_EQ_INT(pool.out, 1);
     bufpool_destroy(&pool);
 }
 

@@ -371,3 +371,113 @@ BOTH_WAYS(outbox_more_sockets_than_a_batch_holds)
                  r.ob.ring_ok ? (RIG_MAX + OUTBOX_RING_ENTRIES - 1) / OUTBOX_RING_ENTRIES : 0);
     rig_close(&r);
 }
+
+/* ---- batched reads ---- */
+
+static struct rig *read_rig;
+static struct inbuf ins[2];
+static ssize_t results[2];
+static int calls, order[4];
+static uint32_t other_len_seen; /* stream 1's input as stream 0's callback found it */
+
+static void on_got(uv_stream_t *s, ssize_t n)
+{
+    int i = s == (uv_stream_t *)&read_rig->s[0] ? 0 : 1;
+    results[i] = n;
+    if (calls < 4) order[calls] = i;
+    calls++;
+    if (i == 0) other_len_seen = ins[1].len;
+}
+
+static void reads_reset(struct rig *r)
+{
+    read_rig = r;
+    calls = 0;
+    results[0] = results[1] = -1000;
+    other_len_seen = 0;
+}
+
+static void reads_free(struct rig *r)
+{
+    for (int i = 0; i < 2; i++)
+        inbuf_free(&ins[i], &r->pool);
+}
+
+/* Two readable sockets: both are received in one submission, then each callback runs, in the
+ * order the sockets were reported; the first callback already finds the second's bytes. */
+TEST(reads_of_an_iteration_are_received_together_then_handled_in_order)
+{
+    static struct rig r;
+    REQUIRE(rig_open(&r, true) == 0);
+    if (!r.ob.ring_ok) { /* nothing to batch: the caller receives at once */
+        CHECK(!sock_recv_later(&r.ob, (uv_stream_t *)&r.s[0], &ins[0], on_got));
+        rig_close(&r);
+        return;
+    }
+    reads_reset(&r);
+    CHECK_EQ_INT(write(r.peer[0], "hello", 5), 5);
+    CHECK_EQ_INT(write(r.peer[1], "world!", 6), 6);
+    CHECK(sock_recv_later(&r.ob, (uv_stream_t *)&r.s[0], &ins[0], on_got));
+    CHECK(sock_recv_later(&r.ob, (uv_stream_t *)&r.s[1], &ins[1], on_got));
+    CHECK(sock_recv_later(&r.ob, (uv_stream_t *)&r.s[0], &ins[0], on_got)); /* reported twice */
+    CHECK_EQ_INT(calls, 0);
+    uint64_t before = r.ob.ring_batches;
+    uv_run(&r.loop, UV_RUN_NOWAIT);
+    CHECK_EQ_INT(r.ob.ring_batches - before, 1);
+    CHECK_EQ_INT(calls, 2);
+    CHECK(order[0] == 0 && order[1] == 1);
+    CHECK_EQ_INT(results[0], 5);
+    CHECK_EQ_INT(results[1], 6);
+    CHECK_EQ_INT(other_len_seen, 6);
+    CHECK(ins[0].len == 5 && memcmp(ins[0].base, "hello", 5) == 0);
+    CHECK(ins[1].len == 6 && memcmp(ins[1].base, "world!", 6) == 0);
+    CHECK_EQ_INT(r.ob.nr, 0);
+
+    /* appended after what is held; nothing there reads as 0; end of stream as UV_EOF */
+    reads_reset(&r);
+    CHECK_EQ_INT(write(r.peer[0], " again", 6), 6);
+    shutdown(r.peer[1], SHUT_WR);
+    CHECK(sock_recv_later(&r.ob, (uv_stream_t *)&r.s[0], &ins[0], on_got));
+    CHECK(sock_recv_later(&r.ob, (uv_stream_t *)&r.s[1], &ins[1], on_got));
+    uv_run(&r.loop, UV_RUN_NOWAIT);
+    CHECK_EQ_INT(results[0], 6);
+    CHECK(ins[0].len == 11 && memcmp(ins[0].base, "hello again", 11) == 0);
+    CHECK_EQ_INT(results[1], UV_EOF);
+    reads_reset(&r);
+    CHECK(sock_recv_later(&r.ob, (uv_stream_t *)&r.s[0], &ins[0], on_got));
+    uv_run(&r.loop, UV_RUN_NOWAIT);
+    CHECK_EQ_INT(results[0], 0);
+    reads_free(&r);
+    rig_close(&r);
+}
+
+/* A read cancelled before the batch (its owner stopped reading, or closed) is not made: the
+ * bytes stay in the socket and no callback runs; a full input buffer gets UV_ENOBUFS. */
+TEST(reads_cancelled_before_the_batch_are_not_made)
+{
+    static struct rig r;
+    REQUIRE(rig_open(&r, true) == 0);
+    if (!r.ob.ring_ok) {
+        rig_close(&r);
+        return;
+    }
+    reads_reset(&r);
+    CHECK_EQ_INT(write(r.peer[0], "kept", 4), 4);
+    CHECK(sock_recv_later(&r.ob, (uv_stream_t *)&r.s[0], &ins[0], on_got));
+    sock_recv_cancel(&r.ob, (uv_stream_t *)&r.s[0]);
+    uv_run(&r.loop, UV_RUN_NOWAIT);
+    CHECK_EQ_INT(calls, 0);
+    CHECK_EQ_INT(sock_recv((uv_stream_t *)&r.s[0], &ins[0], &r.pool), 4); /* still there */
+    CHECK(ins[0].len == 4 && memcmp(ins[0].base, "kept", 4) == 0);
+    inbuf_settle(&ins[0], &r.pool);
+
+    reads_reset(&r);
+    CHECK_EQ_INT(write(r.peer[1], "x", 1), 1);
+    REQUIRE(inbuf_ensure(&ins[1], &r.pool) == 0);
+    ins[1].len = ins[1].cap; /* no room */
+    CHECK(sock_recv_later(&r.ob, (uv_stream_t *)&r.s[1], &ins[1], on_got));
+    uv_run(&r.loop, UV_RUN_NOWAIT);
+    CHECK_EQ_INT(results[1], UV_ENOBUFS);
+    reads_free(&r);
+    rig_close(&r);
+}
