@@ -119,6 +119,21 @@ def mem_kb(pids):
     return rss, hwm
 
 
+def anon_kb(pids):
+    """RssAnon summed over pids, in kB: private memory; the rest of VmRSS is file-backed
+    (shared libraries' pages, shared with every process that maps them)."""
+    t = 0
+    for p in pids:
+        try:
+            with open("/proc/%d/status" % p) as f:
+                for line in f:
+                    if line.startswith("RssAnon:"):
+                        t += int(line.split()[1])
+        except OSError:
+            pass
+    return t
+
+
 def reset_peak(pids):
     """Resets VmHWM to the current RSS (Linux >= 4.0: write 5 to clear_refs)."""
     for p in pids:
@@ -573,6 +588,7 @@ class Bench:
         self.runs = []        # every wrk run
         self.extras = {}
         self.idle_rss = {}
+        self.idle_anon = {}
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -664,6 +680,7 @@ class Bench:
         for c in self.contenders():
             if c in self.procs:
                 self.idle_rss[c] = mem_kb(self.procs[c].tree())[0]
+                self.idle_anon[c] = anon_kb(self.procs[c].tree())
 
     def start(self, name, argv, cpu, port, env=None):
         p = Proc(name, argv, os.path.join(self.tmp, name + ".log"), env=env, cpu=cpu)
@@ -1447,6 +1464,10 @@ def render_md(hdr, rows):
 def extras_lines(b):
     out = []
     e = b.extras
+    if b.idle_anon:
+        out.append("- RSS after start (private = RssAnon; the rest is shared libraries' file pages): "
+                   + ", ".join("%s %.1f MB (%.1f MB private)" % (c, b.idle_rss[c] / 1024, b.idle_anon[c] / 1024)
+                               for c in b.idle_anon if c in b.idle_rss))
     if "idle" in e:
         for c, r in e["idle"].items():
             if "error" in r:
@@ -1613,6 +1634,7 @@ def write_results(b, outdir, hdr, rows, cmdline, png, env=None):
     with open(os.path.join(outdir, "raw.json"), "w") as f:
         json.dump({"command": cmdline, "stamp": b.stamp, "args": vars(b.a), "environment": env, "table": b.table,
                    "runs": b.runs, "extras": b.extras, "idle_rss_kb": b.idle_rss,
+                   "idle_anon_kb": b.idle_anon,
                    "failed": b.failed, "notes": b.notes}, f, indent=1, default=str)
     a = b.a
     md = ["# authproxy benchmark, %s" % b.stamp, "",
@@ -1716,6 +1738,7 @@ def render(outdir):
     b.a = argparse.Namespace(**d["args"])
     b.table, b.runs, b.extras = d["table"], d["runs"], d["extras"]
     b.idle_rss, b.failed, b.notes = d["idle_rss_kb"], d["failed"], d["notes"]
+    b.idle_anon = d.get("idle_anon_kb", {})
     b.stamp = d.get("stamp") or os.path.basename(os.path.normpath(outdir))
     hdr, rows = table_lines(b)
     png = chart(b, outdir) if b.a.gnuplot else None

@@ -199,11 +199,12 @@ static int run(struct config *cfg)
     log_info("authproxy %s ready: %d route(s), %d provider(s), via %s", AUTHPROXY_VERSION,
              cfg->n_routes, cfg->n_providers, cfg->via);
     if (!use_ring)
-        log_info("writes: one send() each (AUTHPROXY_IO_URING=0)");
+        log_info("socket I/O: one recv()/send() each (AUTHPROXY_IO_URING=0)");
     else if (!l->out.ring_ok)
-        log_info("writes: one send() each (io_uring unavailable: %s)", uv_strerror(ring_error));
+        log_info("socket I/O: one recv()/send() each (io_uring unavailable: %s)",
+                 uv_strerror(ring_error));
     else
-        log_debug("writes: batched with io_uring");
+        log_debug("socket I/O: batched with io_uring");
     uv_run(&l->uv, UV_RUN_DEFAULT);
     log_info("stopped");
     rc = 0;

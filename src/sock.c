@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 struct owned_write {
     uv_write_t req;
@@ -297,6 +298,26 @@ static void on_check(uv_check_t *h)
     if (ob->n) outbox_send_all(ob);
 }
 
+/* Does this kernel complete a MSG_DONTWAIT recv that finds nothing at once, with -EAGAIN,
+ * rather than waiting for data (what the batches rely on)? One recv on an empty socketpair. */
+static bool ring_tries_once(struct io_uring *r)
+{
+    static char byte; /* not on the stack: a recv left waiting must not outlive its buffer */
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) return false;
+    struct io_uring_sqe *e = io_uring_get_sqe(r);
+    io_uring_prep_recv(e, sv[0], &byte, 1, MSG_DONTWAIT);
+    bool ok = false;
+    struct io_uring_cqe *cqe;
+    if (io_uring_submit(r) == 1 && io_uring_peek_cqe(r, &cqe) == 0) {
+        ok = cqe->res == -EAGAIN;
+        io_uring_cqe_seen(r, cqe);
+    }
+    close(sv[0]);
+    close(sv[1]);
+    return ok;
+}
+
 int outbox_init(struct outbox *ob, struct bufpool *pool, bool use_ring, int *ring_error)
 {
     ob->pool = pool;
@@ -322,6 +343,10 @@ int outbox_init(struct outbox *ob, struct bufpool *pool, bool use_ring, int *rin
         /* SUBMIT_ALL: one refused send does not stop the others (Linux 5.18) */
         int e = io_uring_queue_init(OUTBOX_RING_ENTRIES, &ob->ring, IORING_SETUP_SUBMIT_ALL);
         if (e == -EINVAL) e = io_uring_queue_init(OUTBOX_RING_ENTRIES, &ob->ring, 0);
+        if (e == 0 && !ring_tries_once(&ob->ring)) {
+            io_uring_queue_exit(&ob->ring);
+            e = -EOPNOTSUPP;
+        }
         ob->ring_ok = e == 0;
         *ring_error = e;
     }
