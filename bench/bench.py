@@ -103,35 +103,30 @@ def cpu_ticks(pids):
     return t
 
 
-def mem_kb(pids):
-    """(VmRSS, VmHWM) summed over pids, in kB."""
-    rss = hwm = 0
+def status_kb(pids, *fields):
+    """The given /proc/<pid>/status fields (kB), each summed over pids."""
+    t = dict.fromkeys(fields, 0)
     for p in pids:
         try:
             with open("/proc/%d/status" % p) as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
-                        rss += int(line.split()[1])
-                    elif line.startswith("VmHWM:"):
-                        hwm += int(line.split()[1])
+                    k = line.split(":", 1)[0]
+                    if k in t:
+                        t[k] += int(line.split()[1])
         except OSError:
             pass
-    return rss, hwm
+    return tuple(t[k] for k in fields)
+
+
+def mem_kb(pids):
+    """(VmRSS, VmHWM) summed over pids, in kB."""
+    return status_kb(pids, "VmRSS", "VmHWM")
 
 
 def anon_kb(pids):
     """RssAnon summed over pids, in kB: private memory; the rest of VmRSS is file-backed
     (shared libraries' pages, shared with every process that maps them)."""
-    t = 0
-    for p in pids:
-        try:
-            with open("/proc/%d/status" % p) as f:
-                for line in f:
-                    if line.startswith("RssAnon:"):
-                        t += int(line.split()[1])
-        except OSError:
-            pass
-    return t
+    return status_kb(pids, "RssAnon")[0]
 
 
 def reset_peak(pids):
