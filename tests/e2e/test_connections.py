@@ -2,6 +2,7 @@
 max_connections, concurrent clients."""
 import http.client
 import json
+import os
 import socket
 import threading
 import time
@@ -321,3 +322,27 @@ def test_pooled_connection_dead_on_reuse_idempotent_retried():
         st = up.stats()
         assert st["targets"].count("GET /echo?retried") == 2, "targets %r" % st["targets"]
         assert st["connections"] == 2, "upstream connections %d" % st["connections"]
+
+
+def test_socket_io_path_is_the_one_logged():
+    # io_uring batches where the kernel allows them (this machine's first two passes), plain
+    # calls with AUTHPROXY_IO_URING=0 (the third pass) or where a ring is refused; the log says
+    # which, and pipelined requests come back in order either way
+    forced_off = os.environ.get("AUTHPROXY_IO_URING") == "0"
+    with proxied(log={"level": "debug", "format": "text"}) as (up, px):
+        with Conn(px.port) as c:
+            c.send("".join(REQ % i for i in range(20)))
+            for i in range(20):
+                r = c.read_response()
+                assert r is not None and r.status == 200, "request %d: %r" % (i, r)
+                assert r.json()["query"] == "i=%d" % i, "response %d out of order" % i
+        out = px.output()
+    batched = "socket I/O: batched with io_uring" in out
+    plain = "socket I/O: one recv()/send() each" in out
+    assert batched != plain, "exactly one socket I/O line expected: %r" % out[-800:]
+    if forced_off:
+        assert "one recv()/send() each (AUTHPROXY_IO_URING=0)" in out, out[-800:]
+    elif plain:
+        # a kernel that refuses io_uring is no failure, but the reason must be named
+        assert "io_uring unavailable: " in out, out[-800:]
+        print("note: io_uring unavailable here; the plain path was tested")
