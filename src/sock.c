@@ -52,21 +52,33 @@ static int fd_of(uv_stream_t *s)
     return fd;
 }
 
+/* b has a buffer with free space for a read (else the caller reports UV_ENOBUFS and its owner
+ * stops reading, as libuv does). */
+static bool has_room(struct inbuf *b, struct bufpool *p)
+{
+    return inbuf_for_read(b, p) == 0 && b->len < b->cap;
+}
+
+/* A recv's result (bytes, 0 at end of stream, or -errno, which is libuv's error on Unix) as
+ * sock_recv reports it; the bytes are added to b. */
+static ssize_t received(struct inbuf *b, ssize_t res)
+{
+    if (res > 0) {
+        b->len += (uint32_t)res;
+        return res;
+    }
+    if (res == 0) return UV_EOF;
+    return res == -EAGAIN ? 0 : res;
+}
+
 ssize_t sock_recv(uv_stream_t *s, struct inbuf *b, struct bufpool *p)
 {
-    if (inbuf_for_read(b, p) < 0) return UV_ENOBUFS;
-    if (b->len >= b->cap) return UV_ENOBUFS; /* no room: the caller stops reading, as libuv does */
+    if (!has_room(b, p)) return UV_ENOBUFS;
     ssize_t n;
     do
         n = recv(fd_of(s), b->base + b->len, b->cap - b->len, 0);
     while (n < 0 && errno == EINTR);
-    if (n > 0) {
-        b->len += (uint32_t)n;
-        return n;
-    }
-    if (n == 0) return UV_EOF;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
-    return uv_translate_sys_error(errno);
+    return received(b, n < 0 ? -errno : n);
 }
 
 /* Like uv_try_write: what the socket takes now, or UV_EAGAIN, or another libuv error. */
@@ -168,6 +180,36 @@ static void ring_failed(struct outbox *ob, int err)
     ring_off(ob);
 }
 
+/* Submits the `queued` prepared operations and hands each completion to done; returns how
+ * many the ring took. Fewer: the ring failed and is off, the caller sees to the rest. */
+static int ring_submit(struct outbox *ob, int queued,
+                       void (*done)(struct outbox *, uint64_t data, int res))
+{
+    struct io_uring *r = &ob->ring;
+    ob->ring_batches++;
+    int sub = io_uring_submit(r), consumed = sub < 0 ? 0 : sub;
+    for (int left = consumed; left > 0;) {
+        struct io_uring_cqe *cqe;
+        unsigned head, got = 0;
+        io_uring_for_each_cqe(r, head, cqe)
+        {
+            done(ob, cqe->user_data, cqe->res);
+            got++;
+        }
+        io_uring_cq_advance(r, got);
+        left -= (int)got;
+        /* MSG_DONTWAIT completes inline: waiting here is a safeguard, not a path */
+        if (left > 0 && io_uring_wait_cqe(r, &cqe) < 0) break;
+    }
+    if (consumed < queued) ring_failed(ob, sub);
+    return consumed;
+}
+
+static void send_done(struct outbox *ob, uint64_t i, int res)
+{
+    item_sent(ob, &ob->items[i], res, true);
+}
+
 /* Submits the items from `from` on, up to the first second write to a socket or a full ring,
  * and handles their results; returns where the next batch starts. */
 static int ring_batch(struct outbox *ob, int from)
@@ -189,36 +231,16 @@ static int ring_batch(struct outbox *ob, int from)
         io_uring_sqe_set_data64(e, (uint64_t)i);
         queued++;
     }
-    if (!queued) return i;
-    ob->ring_batches++;
-    int sub = io_uring_submit(r), consumed = sub < 0 ? 0 : sub;
-    for (int left = consumed; left > 0;) {
-        struct io_uring_cqe *cqe;
-        unsigned head, got = 0;
-        io_uring_for_each_cqe(r, head, cqe)
-        {
-            item_sent(ob, &ob->items[cqe->user_data], cqe->res, true);
-            got++;
-        }
-        io_uring_cq_advance(r, got);
-        left -= (int)got;
-        /* MSG_DONTWAIT completes inline: waiting here is a safeguard, not a path */
-        if (left > 0 && io_uring_wait_cqe(r, &cqe) < 0) break;
-    }
-    if (consumed < queued) { /* the ring failed: what it did not take goes out with send() */
-        ring_failed(ob, sub);
+    if (queued && ring_submit(ob, queued, send_done) < queued) /* what the ring did not take */
         for (int k = from; k < i; k++)
             if (ob->items[k].s) send_item(ob, &ob->items[k], true);
-    }
     return i;
 }
 
-/* A recv's result as sock_recv gives it. */
-static ssize_t recv_result(int res)
+static void recv_done(struct outbox *ob, uint64_t i, int res)
 {
-    if (res > 0) return res;
-    if (res == 0) return UV_EOF;
-    return res == -EAGAIN ? 0 : res;
+    struct in_item *it = &ob->reads[i];
+    it->res = received(it->in, res);
 }
 
 bool sock_recv_later(struct outbox *ob, uv_stream_t *s, struct inbuf *in, sock_read_cb done)
@@ -252,8 +274,8 @@ static void recv_all(struct outbox *ob)
             continue;
         }
         struct inbuf *b = it->in;
-        if (inbuf_for_read(b, ob->pool) < 0 || b->len >= b->cap) {
-            it->res = UV_ENOBUFS; /* no room: the owner stops reading, as libuv does */
+        if (!has_room(b, ob->pool)) {
+            it->res = UV_ENOBUFS;
             continue;
         }
         struct io_uring_sqe *e = io_uring_get_sqe(r);
@@ -261,30 +283,9 @@ static void recv_all(struct outbox *ob)
         io_uring_sqe_set_data64(e, (uint64_t)i);
         queued++;
     }
-    int sub = 0, consumed = 0;
-    if (queued) {
-        ob->ring_batches++;
-        sub = io_uring_submit(r);
-        consumed = sub < 0 ? 0 : sub;
-    }
-    for (int left = consumed; left > 0;) {
-        struct io_uring_cqe *cqe;
-        unsigned head, got = 0;
-        io_uring_for_each_cqe(r, head, cqe)
-        {
-            struct in_item *it = &ob->reads[cqe->user_data];
-            it->res = recv_result(cqe->res);
-            if (it->res > 0) it->in->len += (uint32_t)it->res;
-            got++;
-        }
-        io_uring_cq_advance(r, got);
-        left -= (int)got;
-        if (left > 0 && io_uring_wait_cqe(r, &cqe) < 0) break; /* a safeguard, as for sends */
-    }
-    if (consumed < queued) { /* the ring failed: nothing was read for the rest, libuv will
-                              * report them again; their borrowed blocks go back in done */
-        ring_failed(ob, sub);
-    }
+    /* if the ring fails, the reads it did not take keep res 0 (nothing read): libuv reports
+     * their sockets again, and their borrowed blocks go back when the callbacks settle */
+    if (queued) ring_submit(ob, queued, recv_done);
     ob->in_recv_all = true; /* a read a callback starts is not batched */
     for (int i = 0; i < ob->nr; i++) {
         struct in_item *it = &ob->reads[i];
