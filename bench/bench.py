@@ -584,6 +584,7 @@ class Bench:
         self.extras = {}
         self.idle_rss = {}
         self.idle_anon = {}
+        self.lib_floor = []  # [step, kB]: bench/rss_floor.c, authproxy's libraries alone
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -676,6 +677,25 @@ class Bench:
             if c in self.procs:
                 self.idle_rss[c] = mem_kb(self.procs[c].tree())[0]
                 self.idle_anon[c] = anon_kb(self.procs[c].tree())
+        if "authproxy" in self.contenders():
+            self.lib_floor = self.measure_lib_floor()
+
+    def measure_lib_floor(self):
+        """RSS of a program linking authproxy's libraries that only initialises them."""
+        path = os.path.join(self.tmp, "rss_floor")
+        try:
+            flags = subprocess.run(["pkg-config", "--cflags", "--libs", "libuv", "libcjson", "libcurl",
+                                    "openssl", "liburing"], capture_output=True, text=True,
+                                   check=True, timeout=30).stdout.split()
+            subprocess.run([os.environ.get("CC", "gcc"), "-O2", "-Wall", "-Wextra", "-o", path,
+                            os.path.join(BENCH, "rss_floor.c")] + flags, check=True, timeout=120,
+                           capture_output=True)
+            out = subprocess.run([path], capture_output=True, text=True, check=True, timeout=30).stdout
+            steps = [[k, int(v)] for k, v in (l.split("\t") for l in out.splitlines())]
+        except (OSError, ValueError, subprocess.SubprocessError) as e:
+            self.failed.append("RSS floor of the libraries (bench/rss_floor.c) not measured: %s" % e)
+            return []
+        return steps
 
     def start(self, name, argv, cpu, port, env=None):
         p = Proc(name, argv, os.path.join(self.tmp, name + ".log"), env=env, cpu=cpu)
@@ -1463,6 +1483,10 @@ def extras_lines(b):
         out.append("- RSS after start (private = RssAnon; the rest is shared libraries' file pages): "
                    + ", ".join("%s %.1f MB (%.1f MB private)" % (c, b.idle_rss[c] / 1024, b.idle_anon[c] / 1024)
                                for c in b.idle_anon if c in b.idle_rss))
+    if b.lib_floor:
+        out.append("- RSS of a program that links authproxy's libraries and only initialises them "
+                   "(bench/rss_floor.c, cumulative): "
+                   + ", ".join("%s %.1f MB" % (k, v / 1024) for k, v in b.lib_floor))
     if "idle" in e:
         for c, r in e["idle"].items():
             if "error" in r:
@@ -1629,7 +1653,7 @@ def write_results(b, outdir, hdr, rows, cmdline, png, env=None):
     with open(os.path.join(outdir, "raw.json"), "w") as f:
         json.dump({"command": cmdline, "stamp": b.stamp, "args": vars(b.a), "environment": env, "table": b.table,
                    "runs": b.runs, "extras": b.extras, "idle_rss_kb": b.idle_rss,
-                   "idle_anon_kb": b.idle_anon,
+                   "idle_anon_kb": b.idle_anon, "lib_floor_kb": b.lib_floor,
                    "failed": b.failed, "notes": b.notes}, f, indent=1, default=str)
     a = b.a
     md = ["# authproxy benchmark, %s" % b.stamp, "",
@@ -1734,6 +1758,7 @@ def render(outdir):
     b.table, b.runs, b.extras = d["table"], d["runs"], d["extras"]
     b.idle_rss, b.failed, b.notes = d["idle_rss_kb"], d["failed"], d["notes"]
     b.idle_anon = d.get("idle_anon_kb", {})
+    b.lib_floor = d.get("lib_floor_kb", [])
     b.stamp = d.get("stamp") or os.path.basename(os.path.normpath(outdir))
     hdr, rows = table_lines(b)
     png = chart(b, outdir) if b.a.gnuplot else None
