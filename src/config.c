@@ -1018,7 +1018,6 @@ static int apply_preset(struct provider_config *pc)
         }
         pc->json_content_type = true;
         pc->expires_in_ms = true;
-        pc->refresh_fallback = true;
         break;
     case PRESET_ENABLE:
         pc->grant_type = GRANT_CLIENT_CREDENTIALS;
@@ -1575,7 +1574,6 @@ bool provider_config_equal(const struct provider_config *a, const struct provide
            a->refresh_before_s == b->refresh_before_s && a->idle_timeout_s == b->idle_timeout_s &&
            a->max_lifetime_s == b->max_lifetime_s && a->revoke_on_exit == b->revoke_on_exit &&
            a->accept_201 == b->accept_201 && a->use_jwt_exp == b->use_jwt_exp &&
-           a->refresh_fallback == b->refresh_fallback &&
            a->json_content_type == b->json_content_type && a->disabled == b->disabled &&
            str_eq(a->disabled_reason, b->disabled_reason);
 }

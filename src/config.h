@@ -69,9 +69,8 @@ struct provider_config {
     int64_t idle_timeout_s, max_lifetime_s; /* 0 = none */
     bool revoke_on_exit;
     /* quirks filled by the preset */
-    bool accept_201;       /* token endpoint may answer 201 */
-    bool use_jwt_exp;      /* take expiry from the JWT's exp when expires_in is absent */
-    bool refresh_fallback; /* refresh refused -> start over with a new code */
+    bool accept_201;  /* token endpoint may answer 201 */
+    bool use_jwt_exp; /* take expiry from the JWT's exp when expires_in is absent */
     bool json_content_type;
     /* set when a ${VAR} or *_file inside the provider could not be resolved */
     bool disabled;

@@ -318,13 +318,18 @@ static void fetch_done(struct fetch *fe)
         mint_result_free(&mr);
         return;
     }
-    if (step == STEP_REFRESH && mr.kind == MINT_REJECTED && p->grant_type == GRANT_PASSWORD_CODE) {
-        /* the refresh token was refused: start over with a new code */
-        log_info("provider %s: refresh refused (%s), requesting a new code", p->name, mr.error);
+    if (step == STEP_REFRESH && mr.kind == MINT_REJECTED && p->grant_type != GRANT_REFRESH_TOKEN) {
+        /* the refresh token was refused: it is dropped, and the grant starts over (a new code,
+         * or new client credentials grant: servers that hand refresh tokens out with those
+         * need not honour them) */
+        bool code = p->grant_type == GRANT_PASSWORD_CODE;
+        log_info("provider %s: refresh refused (%s), %s", p->name, mr.error,
+                 code ? "requesting a new code" : "minting with the client credentials");
         OPENSSL_cleanse(s->refresh_token, strlen(s->refresh_token));
         free(s->refresh_token);
         s->refresh_token = NULL;
-        step_start(s, STEP_CODE, NULL);
+        mint_result_free(&mr);
+        step_start(s, code ? STEP_CODE : STEP_GRANT, NULL);
         return;
     }
     if (mr.kind == MINT_REJECTED)

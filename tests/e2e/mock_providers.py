@@ -80,6 +80,8 @@ Control: POST /__control with a JSON object of any of these fields (unknown fiel
   scopes [..]               Enable's allowed scopes (default read:deals read:activitylogs
                             read:users)
   public {key: bool}        RFC endpoint without client authentication (client_auth none)
+  cc_refresh {key: bool}    RFC endpoint: client_credentials answers carry a refresh_token too
+                            (RFC 6749 4.4.3 says SHOULD NOT; some servers do)
   api_reject bool           the API answers 401 to everything
   credentials {prov: {field: value}}  replaces credentials (e.g. an EPC secret like 000's)
   revoke_all true           revokes every access token issued so far
@@ -243,6 +245,7 @@ class State:
             "refresh": "ok",
             "scopes": ["read:deals", "read:activitylogs", "read:users"],
             "public": {},
+            "cc_refresh": {},
             "api_reject": False,
         }
 
@@ -292,7 +295,7 @@ class State:
         if not isinstance(obj, dict):
             raise ValueError("control body must be a JSON object")
         dict_fields = ("lifetime_s", "idle_s", "expires_in", "omit_expires_in", "fail",
-                       "delay_s", "public")
+                       "delay_s", "public", "cc_refresh")
         known = set(dict_fields) | {"retry_after", "code_ttl_s", "refresh", "scopes",
                                     "api_reject", "revoke_all", "revoke", "heal", "reset",
                                     "credentials"}
@@ -1123,7 +1126,8 @@ def rfc_token(req, key, entry, mode):
     with ST.lock:
         extra = {}
         if grant == "client_credentials":
-            pass
+            if ST.setting("cc_refresh", key, default=False):
+                extra["refresh_token"] = ST.issue_refresh("rfc*", c["client_id"], None, None)
         elif grant == "refresh_token":
             rt = params.get("refresh_token")
             if not rt:

@@ -200,6 +200,32 @@ def test_token_rfc6749_refresh_token_grant_rotates():
         assert t1 != t2 and st["api"]["unauthorized"] == 0
 
 
+def test_token_client_credentials_refused_refresh_falls_back_to_a_new_grant():
+    # a client_credentials server that also hands out refresh tokens, then refuses them: the
+    # next mint is a fresh client_credentials grant, and so is every one after it (the refused
+    # refresh token is dropped, not presented again)
+    with Stack(lambda m: {"cc": rfc(m, "/rfc/cc/token", refresh_before_s=0)},
+               settings={"lifetime_s": {"rfc/cc": 1}, "cc_refresh": {"rfc/cc": True}}) as s:
+        t1 = upstream_token(s.ok("cc"))
+        s.m.control(refresh="fail")
+        toks = [t1]
+        for _ in range(2):
+            time.sleep(1.25)
+            st_, _, body = s.get("cc")
+            assert st_ == 200, "refresh refused: no new client_credentials grant: %d %r" % (
+                st_, body[:300])
+            toks.append(upstream_token(json.loads(body)))
+        st = s.m.stats()
+        ts = reqs(st, "rfc/cc.token")
+        assert [(r["grant"], r["status"]) for r in ts] == [
+            ("client_credentials", 200), ("refresh_token", 400), ("client_credentials", 200),
+            ("refresh_token", 400), ("client_credentials", 200)], \
+            [(r["grant"], r["status"], r["error"]) for r in ts]
+        presented = [r["presented"].get("refresh_token") for r in ts if r["grant"] == "refresh_token"]
+        assert len(set(presented)) == 2, "a refused refresh token was presented again"
+        assert len(set(toks)) == 3 and st["api"]["unauthorized"] == 0
+
+
 def test_token_eptura_millisecond_expiry():
     # expires_in 1500 means 1.5 s, not 1500 s (nor 1.5 ms)
     with Stack(lambda m: {"eptura": eptura(m, refresh_before_s=0)},

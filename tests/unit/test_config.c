@@ -222,7 +222,6 @@ TEST(config_spec_example)
     CHECK_STR(ep->scope, "api");
     CHECK(ep->expires_in_ms);
     CHECK(ep->json_content_type);
-    CHECK(ep->refresh_fallback);
     CHECK(!ep->disabled);
 
     REQUIRE(c->n_routes == 4);
@@ -638,7 +637,7 @@ TEST(config_preset_epc)
     CHECK_EQ_INT(p->idle_timeout_s, 900);
     CHECK_EQ_INT(p->max_lifetime_s, 7200);
     CHECK(p->accept_201);
-    CHECK(!p->use_jwt_exp && !p->refresh_fallback && !p->expires_in_ms);
+    CHECK(!p->use_jwt_exp && !p->expires_in_ms);
     p = &c->providers[1]; /* explicit keys win over the preset */
     CHECK_STR(p->scope, "other");
     CHECK_EQ_INT(p->idle_timeout_s, 0);
@@ -665,7 +664,7 @@ TEST(config_preset_eptura)
     CHECK_STR(p->code_url, "https://acme.example/external/api/oauth2/auth");
     CHECK_STR(p->token_url, "https://acme.example/external/api/oauth2/token");
     CHECK_STR(p->revoke_url, "https://acme.example/external/api/oauth2/revoke");
-    CHECK(p->expires_in_ms && p->json_content_type && p->refresh_fallback);
+    CHECK(p->expires_in_ms && p->json_content_type);
     CHECK_EQ_INT(p->n_param_names, 9);
     const struct {
         const char *std, *wire;
@@ -720,7 +719,7 @@ TEST(config_preset_enable_and_rfc6749)
     CHECK_EQ_INT(p->default_ttl_s, 60);
     CHECK_EQ_INT(p->refresh_before_s, 0);
     CHECK_EQ_INT(p->idle_timeout_s, 0);
-    CHECK(!p->use_jwt_exp && !p->accept_201 && !p->refresh_fallback && !p->json_content_type);
+    CHECK(!p->use_jwt_exp && !p->accept_201 && !p->json_content_type);
     config_unref(c);
 }
 
