@@ -91,6 +91,19 @@ static void tokens(struct exchange *ex)
     free(b);
 }
 
+/* The forced mint ended: 200 with the provider's new state, or the mint's error. */
+static void refreshed(struct token_wait *w, const struct token_result *r)
+{
+    struct exchange *ex = container_of(w, struct exchange, tw);
+    const char *name = ex->cfg->providers[ex->admin_provider].name;
+    ex->state = EX_HEAD;
+    if (r->status)
+        return client_error(ex->c, r->status, r->error, r->detail, name, r->retry_after_s);
+    char b[320];
+    int n = snprintf(b, sizeof b, "{\"status\": \"minted\", \"provider\": \"%s\"}\n", name);
+    client_respond(ex->c, 200, "application/json", b, (size_t)n, 0);
+}
+
 static void refresh(struct exchange *ex, const char *name, size_t len)
 {
     char nm[128];
@@ -100,10 +113,13 @@ static void refresh(struct exchange *ex, const char *name, size_t len)
     int idx = config_provider_index(ex->cfg, nm);
     if (idx < 0) return client_error(ex->c, 404, "not_found", "no such provider", NULL, 0);
     struct token_result r;
-    if (token_refresh(ex->loop, ex->cfg, idx, &r) < 0)
-        return client_error(ex->c, r.status, r.error, r.detail, nm, r.retry_after_s);
-    static const char ok[] = "{\"status\": \"refresh started\"}\n";
-    client_respond(ex->c, 202, "application/json", ok, sizeof ok - 1, 0);
+    ex->tw.cb = refreshed;
+    ex->admin_provider = idx;
+    ex->state = EX_TOKEN; /* a closing client withdraws the wait (proxy_exchange_free) */
+    if (token_refresh(ex->loop, ex->cfg, idx, &ex->tw, &r) < 0) {
+        ex->state = EX_HEAD;
+        client_error(ex->c, r.status, r.error, r.detail, nm, r.retry_after_s);
+    }
 }
 
 void admin_request(struct exchange *ex)
@@ -114,11 +130,11 @@ void admin_request(struct exchange *ex)
     const char *u = hd->base + hd->line_off;
     size_t ul = hd->line_len;
     if (method == HTTP_GET && path_is(hd, "/healthz"))
-        return client_respond(ex->c, 200, "text/plain", "ok\n", 3, 0);
+        return client_respond(ex->c, 200, "text/plain", "ok", 2, 0);
     if (method == HTTP_GET && path_is(hd, "/readyz")) {
         if (token_ready(ex->loop, ex->cfg))
-            return client_respond(ex->c, 200, "text/plain", "ready\n", 6, 0);
-        return client_respond(ex->c, 503, "text/plain", "not ready\n", 10, 0);
+            return client_respond(ex->c, 200, "text/plain", "ready", 5, 0);
+        return client_respond(ex->c, 503, "text/plain", "not ready", 9, 0);
     }
     if (method == HTTP_GET && path_is(hd, "/metrics")) return metrics(ex);
     if (method == HTTP_GET && path_is(hd, "/tokens")) return tokens(ex);

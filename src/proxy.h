@@ -34,7 +34,8 @@ struct exchange {
     llhttp_t parser; /* the request's */
     llhttp_t rp;     /* the response's */
     struct token_wait tw;
-    char *out; /* request line / response head scratch, out_cap bytes */
+    int admin_provider; /* admin POST /tokens/<name>/refresh: whose mint it waits for */
+    char *out;          /* request line / response head scratch, out_cap bytes */
     uint32_t out_cap;
     char *saved; /* the upstream request head without token, kept for a 401 replay */
     uint32_t saved_len, saved_cap;

@@ -421,7 +421,7 @@ static void client_close(struct client *c)
     if (c->next) c->next->prev = c->prev;
     if (l->clients == c) l->clients = c->next;
     l->n_clients--;
-    l->stats.open_connections--;
+    if (!c->admin) l->stats.open_connections--;
     tlist_clear(c);
     sock_flush(&l->out, (uv_stream_t *)&c->tcp, false);
     uv_close((uv_handle_t *)&c->tcp, on_client_closed);
@@ -547,7 +547,7 @@ void client_respond(struct client *c, int status, const char *ctype, const char 
                     size_t body_len, int retry_after_s)
 {
     if (c->state == C_CLOSED || c->state == C_CLOSING) return;
-    proxy_count(c->loop, c->ex, status);
+    if (!c->admin) proxy_count(c->loop, c->ex, status); /* proxied requests only */
     if (c->ex) {
         proxy_exchange_free(c->ex);
         c->ex = NULL;
@@ -611,7 +611,7 @@ static void accept_one(struct listener *ls)
     if (l->clients) l->clients->prev = c;
     l->clients = c;
     l->n_clients++;
-    l->stats.open_connections++;
+    if (!c->admin) l->stats.open_connections++; /* the proxy listeners' */
     timer_set(c, TO_HEADER);
     read_update(c);
 }

@@ -33,6 +33,7 @@ struct token_result {
 struct token_wait {
     void (*cb)(struct token_wait *w, const struct token_result *r);
     struct token_wait *next;
+    bool outcome_only; /* told success or failure, given no token (and not counted as a use) */
 };
 
 /* Creates the per-loop cache for l->cfg's providers. */
@@ -53,8 +54,11 @@ void token_cancel(struct loop *l, struct token_wait *w);
 void token_put(struct token *t);
 /* The upstream answered 401 to t: forget it if it is still the cached token. */
 void token_invalidate(struct loop *l, struct token *t);
-/* Forces a mint. Returns 0 when started, -1 with *r filled otherwise. */
-int token_refresh(struct loop *l, const struct config *cfg, int provider, struct token_result *r);
+/* Forces a mint (or joins the one in flight). Returns 0 when w->cb will be told its outcome
+ * (status 0, no token, with outcome_only set; possibly before this returns), -1 with *r filled
+ * when no mint can start. */
+int token_refresh(struct loop *l, const struct config *cfg, int provider, struct token_wait *w,
+                  struct token_result *r);
 /* Revokes live tokens of providers with revoke_on_exit; done() when all answered (or at once
  * when there is nothing to revoke). Bounded by limits.drain_ms. */
 void token_revoke_all(struct loop *l, void (*done)(struct loop *l));

@@ -144,7 +144,9 @@ static void answer_waiters(struct token_slot *s, bool ok)
         struct token_wait *next = w->next;
         w->next = NULL;
         struct token_result r;
-        if (ok && s->cur)
+        if (ok && s->cur && w->outcome_only)
+            memset(&r, 0, sizeof r);
+        else if (ok && s->cur)
             fill_token(s, &r, now);
         else
             fill_error(s, &r, now);
@@ -501,7 +503,8 @@ void token_invalidate(struct loop *l, struct token *t)
     }
 }
 
-int token_refresh(struct loop *l, const struct config *cfg, int provider, struct token_result *r)
+int token_refresh(struct loop *l, const struct config *cfg, int provider, struct token_wait *w,
+                  struct token_result *r)
 {
     struct token_slot *s = slot_of(l, cfg, provider);
     const struct provider_config *p = &cfg->providers[provider];
@@ -511,6 +514,16 @@ int token_refresh(struct loop *l, const struct config *cfg, int provider, struct
         token_get(l, cfg, provider, &dummy, r);
         return -1;
     }
+    if (s->revoking) { /* shutting down: no new mint */
+        r->status = 503;
+        r->error = "token_unavailable";
+        snprintf(r->detail, sizeof r->detail, "provider %s: shutting down", p->name);
+        return -1;
+    }
+    w->outcome_only = true;
+    w->next = s->waiters; /* before the mint starts: it may fail at once */
+    s->waiters = w;
+    s->n_waiters++;
     if (s->in_flight) return 0;
     slot_state(s, s->cur ? TS_REFRESHING : TS_MINTING);
     s->backoff_until_ms = 0;
@@ -622,12 +635,12 @@ size_t token_status_json(struct loop *l, const struct config *cfg, char *out, si
         if (s && s->cur && n < cap) {
             uint64_t now = uv_now(&l->uv);
             n += (size_t)snprintf(
-                out + n, cap - n, ", \"expires_at\": %.3f, \"age_s\": %.3f, \"uses\": %llu",
+                out + n, cap - n, ", \"expires_at\": %.3f, \"age\": %.3f, \"uses\": %llu",
                 (double)wall_ms(l, s->cur->expires_ms) / 1000.0,
                 (double)(now - s->cur->minted_ms) / 1000.0, (unsigned long long)s->uses_since_mint);
         } else if (n < cap) {
             n += (size_t)snprintf(out + n, cap - n,
-                                  ", \"expires_at\": null, \"age_s\": null, \"uses\": 0");
+                                  ", \"expires_at\": null, \"age\": null, \"uses\": 0");
         }
         if (n < cap)
             n += (size_t)snprintf(out + n, cap - n,

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import signal
+import socket
 import time
 
 from harness import assert_error, logdir, run_cli, write_config
@@ -121,14 +122,14 @@ def test_token_admin_endpoints():
         assert t1 not in body.decode(), "/tokens shows the token"
         assert t.get("state") and t.get("expires_at") is not None, t
         assert t.get("uses", 0) >= 3, "uses %r after 3 requests" % t.get("uses")
-        # a forced mint
+        assert t.get("age") is not None and 0 <= t["age"] < 30, "age %r" % t.get("age")
+        # a forced mint: answered once the new token is cached
         st_, _, body = s.admin_req("POST", "/tokens/epc/refresh")
-        assert 200 <= st_ < 300, "POST /tokens/epc/refresh -> %d %r" % (st_, body)
-        deadline = time.monotonic() + 5
-        while hits(s.m.stats(), "epc.token") < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert hits(s.m.stats(), "epc.token") == 2, "the forced refresh did not mint"
-        time.sleep(0.2)
+        assert st_ == 200, "POST /tokens/epc/refresh -> %d %r" % (st_, body)
+        assert json.loads(body) == {"status": "minted", "provider": "epc"}, body
+        assert hits(s.m.stats(), "epc.token") == 2, "the forced refresh answered before minting"
+        t = json.loads(s.admin_req("GET", "/tokens")[2])["epc"]
+        assert t["uses"] == 0 and t["state"] == "valid", "after a forced mint: %r" % t
         t2 = upstream_token(s.ok("epc"))
         assert t2 != t1 and t2 == s.m.stats()["issued"]["access_tokens"][-1], \
             "the forced mint's token is not used"
@@ -139,6 +140,10 @@ def test_token_admin_endpoints():
         assert s.admin_req("GET", "/readyz")[0] == 503, "ready while a provider has failed"
         bad = json.loads(s.admin_req("GET", "/tokens")[2])["bad"]
         assert bad.get("last_error"), "/tokens shows no last error: %r" % bad
+        # a forced mint that fails answers with the mint's error
+        st_, hdrs, body = s.admin_req("POST", "/tokens/bad/refresh")
+        assert st_ == 503 and json.loads(body)["error"] == "token_unavailable" and \
+            json.loads(body).get("provider") == "bad", (st_, body)
         s.m.heal()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -159,6 +164,36 @@ def test_token_admin_endpoints():
         assert retries is not None and retries >= 1, "401 retries in /metrics: %r" % retries
         for tok in s.m.stats()["issued"]["access_tokens"]:
             assert tok not in text
+
+
+def test_admin_health_and_metrics_count_proxied_requests_only():
+    with Stack(lambda m: {"epc": epc(m)}, admin=True) as s:
+        assert s.admin_req("GET", "/healthz")[::2] == (200, b"ok")
+        assert s.admin_req("GET", "/readyz")[::2] == (200, b"ready")
+        for _ in range(3):
+            s.ok("epc")
+        st_, _, body = s.get("nope")  # no route: 403, counted as 4xx
+        assert st_ == 403, (st_, body)
+        for path in ("/healthz", "/readyz", "/tokens", "/metrics", "/nothing-here"):
+            s.admin_req("GET", path)
+        held = socket.create_connection(("127.0.0.1", s.px.port), timeout=5)
+        try:
+            deadline = time.monotonic() + 5
+            while True:  # the held connection is accepted: counted once, admin ones never
+                text = s.admin_req("GET", "/metrics")[2].decode()
+                open_ = _metric(text, "open_connections", "")
+                if open_ == 1 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert open_ == 1, "open connections %r with one client connection held" % open_
+        finally:
+            held.close()
+        assert _metric(text, "authproxy_requests_total", 'class="2xx"') == 3, \
+            "2xx requests in /metrics: %r (admin requests counted?)" % (
+                _metric(text, "authproxy_requests_total", 'class="2xx"'))
+        assert _metric(text, "authproxy_requests_total", 'class="4xx"') == 1
+        assert _metric(text, "upstream_latency_seconds_count", "") == 3, text
+        assert _metric(text, "route_requests_total", 'class="2xx"') == 3, text
 
 
 def test_token_endpoint_connections_reused():
