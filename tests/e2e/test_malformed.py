@@ -137,6 +137,20 @@ def test_414_request_line_too_long():
             status=414, code="uri_too_long")
 
 
+def test_414_counts_the_whole_request_line():
+    # "longer than 8 KiB": method, target and version together, without the CRLF
+    def line(n):
+        base = "GET http://plain.test/echo?q="
+        return base + "c" * (n - len(base) - len(" HTTP/1.1")) + " HTTP/1.1"
+    assert len(line(8192)) == 8192
+    refused(line(8193) + "\r\nHost: plain.test\r\n\r\n", status=414, code="uri_too_long")
+    with proxied() as (up, px):
+        with Conn(px.port) as c:
+            c.send(line(8192) + "\r\nHost: plain.test\r\n\r\n")
+            r = c.read_response()
+        assert r is not None and r.status == 200, "an 8192-byte request line: %r" % r
+
+
 def test_long_request_line_under_limit_is_forwarded():
     with proxied() as (up, px):
         q = "q=" + "b" * 7900
