@@ -168,14 +168,37 @@ static size_t on_body(char *ptr, size_t size, size_t n, void *userp)
     return len;
 }
 
+int retry_after_parse(const char *v, size_t n, time_t now)
+{
+    char b[64];
+    while (n && (*v == ' ' || *v == '\t')) {
+        v++;
+        n--;
+    }
+    while (n && (v[n - 1] == '\r' || v[n - 1] == '\n' || v[n - 1] == ' ' || v[n - 1] == '\t'))
+        n--;
+    if (n == 0 || n >= sizeof b) return 0;
+    memcpy(b, v, n);
+    b[n] = 0;
+    long s;
+    if (b[0] >= '0' && b[0] <= '9') { /* delay-seconds */
+        char *end;
+        s = strtol(b, &end, 10);
+        if (*end) return 0;
+    } else { /* HTTP-date */
+        time_t t = curl_getdate(b, NULL);
+        if (t < 0) return 0;
+        s = (long)(t - now);
+    }
+    return s > 0 && s < 86400 ? (int)s : 0;
+}
+
 static size_t on_header(char *ptr, size_t size, size_t n, void *userp)
 {
     struct fetch *fe = userp;
     size_t len = size * n;
-    if (len > 12 && strncasecmp(ptr, "retry-after:", 12) == 0) {
-        long v = strtol(ptr + 12, NULL, 10);
-        if (v > 0 && v < 86400) fe->retry_after_s = (int)v;
-    }
+    if (len > 12 && strncasecmp(ptr, "retry-after:", 12) == 0)
+        fe->retry_after_s = retry_after_parse(ptr + 12, len - 12, time(NULL));
     return len;
 }
 

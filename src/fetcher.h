@@ -11,6 +11,7 @@
 
 #include <curl/curl.h>
 #include <stdbool.h>
+#include <time.h>
 #include <uv.h>
 
 #include "provider.h"
@@ -44,6 +45,9 @@ int fetcher_set_ca(struct fetcher *f, const char *ca_file);
 void fetcher_close(struct fetcher *f);
 /* Starts fe->call (built by provider_build; ownership passes to fe until fetch_reset). */
 int fetcher_start(struct fetcher *f, struct fetch *fe, long timeout_ms);
+/* A Retry-After value (n bytes, delay-seconds or an HTTP-date, RFC 9110 10.2.3) as seconds
+ * from now; 0 when absent, past, unreadable or a day or more away. */
+int retry_after_parse(const char *v, size_t n, time_t now);
 /* Stops a running transfer without calling done(). */
 void fetcher_cancel(struct fetch *fe);
 /* Frees the call and the body; the fetch can be started again. */

@@ -414,7 +414,7 @@ void provider_parse(const struct provider_config *p, enum mint_step step, long s
             unavailable(r, p, "the token endpoint issued an expired JWT");
             goto out;
         }
-        if (r->lifetime_ms < 0 || jl < r->lifetime_ms) r->lifetime_ms = jl;
+        r->lifetime_ms = jl; /* a preset that trusts exp (enable) takes it over expires_in */
     }
     r->kind = MINT_OK;
 out:

@@ -1,11 +1,12 @@
 /* test_provider.c - presets as token requests on the wire, and token responses read back:
  * EPC (Basic, 201), Eptura (x- headers, code step, milliseconds, rotating refresh token,
  * x-token revocation), Enable (form auth, dealtrack_registration_id, JWT exp), RFC 6749 errors
- * and the answers that must never become a token. */
+ * and the answers that must never become a token; the token endpoint's Retry-After. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "config.h"
+#include "fetcher.h"
 #include "provider.h"
 #include "unit.h"
 
@@ -187,6 +188,17 @@ TEST(enable_form_registration_id_and_jwt_exp)
     CHECK_EQ_INT(r.kind, MINT_OK);
     CHECK_EQ_INT(r.lifetime_ms, 999500); /* exp 2000 s - now 1000.5 s */
     mint_result_free(&r);
+    /* with expires_in as well, exp is used whether it is later or earlier */
+    const char *both[] = {"{\"access_token\": \"eyJhbGciOiJub25lIn0.eyJleHAiOjIwMDB9.c2ln\", "
+                          "\"token_type\": \"Bearer\", \"expires_in\": 60}",
+                          "{\"access_token\": \"eyJhbGciOiJub25lIn0.eyJleHAiOjIwMDB9.c2ln\", "
+                          "\"token_type\": \"Bearer\", \"expires_in\": 5000}"};
+    for (int i = 0; i < 2; i++) {
+        provider_parse(p, STEP_GRANT, 200, both[i], strlen(both[i]), 1000500, &r);
+        CHECK_EQ_INT(r.kind, MINT_OK);
+        CHECK_EQ_INT(r.lifetime_ms, 999500);
+        mint_result_free(&r);
+    }
     CHECK_EQ_INT(jwt_exp("eyJhbGciOiJub25lIn0.eyJleHAiOjIwMDB9.c2ln"), 2000);
     CHECK_EQ_INT(jwt_exp("opaque-token"), -1);
 
@@ -246,4 +258,21 @@ TEST(form_encoding)
     CHECK_EQ_INT(form_encode("a b&c=d~._-", out, sizeof out), 17);
     CHECK_STR(out, "a%20b%26c%3Dd~._-");
     CHECK_EQ_INT(form_encode("abc", out, 3), -1);
+}
+
+TEST(retry_after_seconds_and_http_dates)
+{
+    time_t now = 1445412480; /* Wed, 21 Oct 2015 07:28:00 GMT */
+    CHECK_EQ_INT(retry_after_parse(" 2\r\n", 4, now), 2);
+    CHECK_EQ_INT(retry_after_parse("120", 3, now), 120);
+    const char *d = " Wed, 21 Oct 2015 07:28:30 GMT\r\n";
+    CHECK_EQ_INT(retry_after_parse(d, strlen(d), now), 30);
+    d = "Wed, 21 Oct 2015 07:27:00 GMT"; /* in the past */
+    CHECK_EQ_INT(retry_after_parse(d, strlen(d), now), 0);
+    CHECK_EQ_INT(retry_after_parse("0", 1, now), 0);
+    CHECK_EQ_INT(retry_after_parse("-5", 2, now), 0);
+    CHECK_EQ_INT(retry_after_parse("5s", 2, now), 0);
+    CHECK_EQ_INT(retry_after_parse("soon", 4, now), 0);
+    CHECK_EQ_INT(retry_after_parse("86400", 5, now), 0);
+    CHECK_EQ_INT(retry_after_parse("\r\n", 2, now), 0);
 }
