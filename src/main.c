@@ -81,12 +81,24 @@ static void route_stats_reset(struct loop *l)
     if (l->route_stats) l->n_route_stats = l->cfg->n_routes;
 }
 
+static bool run_strict; /* --strict: reloads are held to it too */
+
+/* The providers a missing variable or file disabled, one warning each, in the log's format. */
+static void log_disabled(const struct config *c)
+{
+    for (int i = 0; i < c->n_providers; i++)
+        if (c->providers[i].disabled)
+            log_warn("provider %s disabled: %s", c->providers[i].name,
+                     c->providers[i].disabled_reason ? c->providers[i].disabled_reason
+                                                     : "a setting is missing");
+}
+
 static void on_hup(uv_signal_t *s, int signum)
 {
     (void)signum;
     struct loop *l = s->data;
     char err[CONFIG_ERR_MAX];
-    struct config *n = config_load(l->cfg->path, false, stderr, err);
+    struct config *n = config_load(l->cfg->path, run_strict, NULL, err);
     if (!n) {
         log_error("reload failed, keeping the running configuration: %s", err);
         return;
@@ -101,6 +113,7 @@ static void on_hup(uv_signal_t *s, int signum)
     route_stats_reset(l);
     log_setup(n->log_level, n->log_format);
     log_info("configuration reloaded from %s", n->path);
+    log_disabled(n);
     config_unref(old);
 }
 
@@ -256,12 +269,14 @@ int main(int argc, char **argv)
      * on their own, so a burst leaves no holes in the heap that keep memory resident. */
     mallopt(M_MMAP_THRESHOLD, BUF_BLOCK);
     char err[CONFIG_ERR_MAX];
-    struct config *cfg = config_load(path, strict, stderr, err);
+    run_strict = strict;
+    struct config *cfg = config_load(path, strict, NULL, err);
     if (!cfg) {
         fprintf(stderr, "authproxy: %s\n", err);
         return 1;
     }
     log_setup(cfg->log_level, cfg->log_format);
+    log_disabled(cfg);
     if (check) {
         int rc = config_print(cfg, stdout);
         config_unref(cfg);

@@ -87,6 +87,22 @@ def test_check_lists_disabled_provider_with_its_variable():
     assert "SOME_UNSET_VAR_XYZ" in r.stderr, "--strict error does not name the variable"
 
 
+def test_sigint_stops_like_sigterm():
+    with Mock() as up:
+        port = free_port()
+        px = Proxy(make_config(port, [plain_route(up)]))
+        try:
+            get_json(port, "http://plain.test/echo")
+            os.kill(px.pid, signal.SIGINT)
+            try:
+                rc = px.proc.wait(timeout=10)
+            except Exception:
+                rc = None
+            assert rc == 0, "exit status after SIGINT: %r; output: %s" % (rc, px.output()[-1000:])
+        finally:
+            px.stop()
+
+
 def test_sigterm_exits_zero():
     with Mock() as up:
         port = free_port()
@@ -182,6 +198,73 @@ def test_provider_disabled_502_and_startup_warning():
         out = px.output()
         assert "SOME_UNSET_VAR_XYZ" in out, \
             "no startup warning naming the variable: %r" % out[-1000:]
+
+
+def _disabled_provider_config(log):
+    os.environ.pop("SOME_UNSET_VAR_XYZ", None)
+    cfg = make_config(free_port(), [{"host": "p.test", "upstream": "https://localhost:9",
+                                     "provider": "x"}],
+                      providers={"x": {"token_url": "https://127.0.0.1:%d/token" % closed_port(),
+                                       "client_id": "${SOME_UNSET_VAR_XYZ}",
+                                       "client_secret": "s"}})
+    cfg["log"] = log
+    return cfg
+
+
+def test_json_log_lines_and_level_filter():
+    # every line is one JSON object, the disabled provider's warning included
+    px = Proxy(_disabled_provider_config({"level": "info", "format": "json"}))
+    try:
+        assert request(px.port, "GET", "http://p.test/x")[0] == 502
+    finally:
+        px.stop()
+    lines = [x for x in px.output().splitlines() if x.strip()]
+    assert lines, "nothing logged at level info"
+    objs = []
+    for x in lines:
+        try:
+            objs.append(json.loads(x))
+        except ValueError:
+            raise AssertionError("a log line is not JSON: %r" % x)
+    assert all(set(o) >= {"ts", "level", "msg"} for o in objs), objs
+    warns = [o for o in objs if o["level"] == "warn" and "SOME_UNSET_VAR_XYZ" in o["msg"]]
+    assert len(warns) == 1, "the disabled provider's warning, once, as JSON: %r" % objs
+    # level error: neither the info lines nor the warning
+    px = Proxy(_disabled_provider_config({"level": "error", "format": "text"}))
+    try:
+        assert request(px.port, "GET", "http://p.test/x")[0] == 502
+    finally:
+        px.stop()
+    out = px.output()
+    assert "SOME_UNSET_VAR_XYZ" not in out and " info " not in out, \
+        "lines below level error were logged: %r" % out[-1000:]
+
+
+def test_strict_holds_for_reloads():
+    with Mock() as up:
+        port = free_port()
+        cfg = make_config(port, [plain_route(up)])
+        px = Proxy(cfg, args=("--strict",))
+        try:
+            bad = make_config(port, [plain_route(up), plain_route(up, "new.test")],
+                              providers={"x": {"token_url": "https://127.0.0.1:9/token",
+                                               "client_id": "${SOME_UNSET_VAR_XYZ}",
+                                               "client_secret": "s"}})
+            os.environ.pop("SOME_UNSET_VAR_XYZ", None)
+            with open(px.cfg_path, "w") as f:
+                json.dump(bad, f)
+            os.kill(px.pid, signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while "reload failed" not in px.output() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert "reload failed" in px.output() and "SOME_UNSET_VAR_XYZ" in px.output(), \
+                "--strict: a reload with a missing variable was not refused: %r" % (
+                    px.output()[-800:])
+            assert request(port, "GET", "http://new.test/echo")[0] == 403, \
+                "the refused configuration's route is served"
+            assert request(port, "GET", "http://plain.test/echo")[0] == 200
+        finally:
+            px.stop()
 
 
 def test_check_non_loopback_listen_needs_allow_remote():

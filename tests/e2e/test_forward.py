@@ -1,8 +1,9 @@
 """Forward-proxy and gateway requests: routing, Host, Via, hop-by-hop headers, bodies, framing."""
 import json
+import socket
 
-from harness import (T, VIA, Conn, assert_error, curl, get_json, hdr, hdr_all, pattern_bytes,
-                     proxied, request, sha256)
+from harness import (T, VIA, Conn, Mock, Proxy, assert_error, curl, free_port, get_json, hdr,
+                     hdr_all, make_config, pattern_bytes, plain_route, proxied, request, sha256)
 
 HOP_NAMES = {"keep-alive", "proxy-authorization", "proxy-connection", "te", "trailer", "upgrade"}
 
@@ -81,6 +82,27 @@ def test_via_appended_to_received_via():
         echo = get_json(px.port, "http://plain.test/echo", headers={"Via": "1.1 %s-other" % VIA})
         via = [t.strip() for v in hdr_all(echo["headers"], "via") for t in v.split(",")]
         assert via == ["1.1 %s-other" % VIA, "1.1 " + VIA], "upstream Via %r" % via
+
+
+def test_via_on_the_response_and_the_default_name():
+    with proxied() as (up, px):
+        st, hdrs, body = request(px.port, "GET", "http://plain.test/echo")
+        via = [t.strip() for v in hdr_all(hdrs, "via") for t in v.split(",")]
+        assert st == 200 and via and via[-1] == "1.1 " + VIA, "response Via %r" % via
+    # no "via" in the configuration: authproxy-<hostname>-<port of the first listen address>
+    with Mock() as up:
+        port = free_port()
+        cfg = make_config(port, [plain_route(up)])
+        del cfg["via"]
+        px = Proxy(cfg)
+        try:
+            echo = get_json(port, "http://plain.test/echo")
+        finally:
+            px.stop()
+    name = "".join(c if c.isalnum() or c in "-._~:[]!#$%&'*+^`|" else "-"
+                   for c in socket.gethostname())
+    via = [t.strip() for v in hdr_all(echo["headers"], "via") for t in v.split(",")]
+    assert via == ["1.1 authproxy-%s-%d" % (name, port)], "default Via %r" % via
 
 
 def test_absolute_target_wins_over_host_header():
