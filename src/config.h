@@ -132,8 +132,9 @@ struct config *config_parse(const char *json, bool strict, FILE *warn_out,
 struct config *config_ref(struct config *c);
 void config_unref(struct config *c);
 
-/* --check: prints listeners, providers (with their state, never a secret) and routes.
- * Returns 0 when the configuration can serve, 1 otherwise. */
+/* --check: prints listeners, providers (with their state, never a secret) and routes, and
+ * says so when there is no route. Returns 0: a configuration that loaded is valid (the load
+ * reports what is not). */
 int config_print(const struct config *c, FILE *out);
 
 /* Do two providers have the same settings (so a reload keeps the token)? */

@@ -267,6 +267,16 @@ def test_strict_holds_for_reloads():
             px.stop()
 
 
+def test_check_without_routes_is_valid():
+    # a configuration with a provider and no route yet: valid (authproxy runs and refuses every
+    # request with 403 no_route), and --check says what it sees
+    cfg = _disabled_provider_config({"level": "info", "format": "text"})
+    cfg["routes"] = []
+    r = run_cli(["-c", write_config(cfg), "--check"])
+    assert r.returncode == 0, "--check exit %d: %s" % (r.returncode, r.stdout + r.stderr)
+    assert "disabled" in r.stdout and "no routes" in r.stdout, r.stdout
+
+
 def test_check_non_loopback_listen_needs_allow_remote():
     port = free_port()
     cfg = make_config(port, [{"host": "a.test", "upstream": "http://127.0.0.1:9"}])
