@@ -126,7 +126,7 @@ void proxy_exchange_free(struct exchange *ex)
     }
     token_put(ex->tok.token);
     ex->tok.token = NULL;
-    if (ex->replay) { /* only a request with a body to a token route has one */
+    if (ex->replay) { /* a body to a token route, or an idempotent one on a reused connection */
         free(ex->replay);
         ex->replay = NULL;
     }
@@ -362,10 +362,12 @@ static size_t put_authority(const struct exchange *ex, char *out)
     return (size_t)sprintf(out, v6 ? "[%s]:%d" : "%s:%d", ex->up_host, ex->up_port);
 }
 
-/* Keeps request body bytes for a 401 replay, up to limits.retry_buffer_bytes. */
+/* Keeps request body bytes for a 401 replay, or for a retry of an idempotent request on a
+ * fresh connection when a pooled one turns out closed, up to limits.retry_buffer_bytes. */
 static void replay_keep(struct exchange *ex, const char *p, size_t n)
 {
-    if (!ex->use_token || ex->replay_overflow || n == 0) return;
+    bool retry = !ex->retried && ex->up && ex->up->reused && idempotent(ex->method);
+    if ((!ex->use_token && !retry) || ex->replay_overflow || n == 0) return;
     uint64_t want = ex->replay_len + n;
     if (want > (uint64_t)ex->cfg->limits.retry_buffer_bytes) {
         ex->replay_overflow = true; /* too large: streamed, a 401 goes to the client */
@@ -497,7 +499,7 @@ static int send_head(struct exchange *ex)
     if (ex->use_token && ex->tok.token)
         iov[n++] = uv_buf_init(ex->tok.token->header, (unsigned)ex->tok.token->header_len);
     iov[n++] = uv_buf_init("\r\n", 2);
-    if (ex->replayed && ex->replay_len)
+    if ((ex->replayed || ex->retried) && ex->replay_len) /* what the first try sent */
         iov[n++] = uv_buf_init(ex->replay, (unsigned)ex->replay_len);
     /* body bytes already parsed ride along */
     if (c->in.off > c->fwd) {
@@ -514,6 +516,34 @@ static int send_head(struct exchange *ex)
 
 static llhttp_settings_t response_settings;
 
+/* A try failed before the response started (ex->up is gone). One that went out on a reused,
+ * pooled connection which turned out closed is made once more on a fresh connection when the
+ * request is idempotent and its body, if any, is all in the replay buffer (replay_keep keeps
+ * every byte sent on a reused connection unless it overflows). True when the retry started. */
+static bool retry_fresh(struct exchange *ex, bool reused, int err)
+{
+    bool had_bytes = ex->resp.n > 0 || ex->resp_head_ready || ex->resp_started;
+    bool body_kept = !ex->has_body || !ex->replay_overflow;
+    if (err == UP_TIMEOUT || !reused || had_bytes || ex->retried || !body_kept ||
+        !idempotent(ex->method))
+        return false;
+    ex->retried = true;
+    ex->head_sent = false;
+    ex->up_write_pending = false;
+    log_debug("upstream %s:%d: pooled connection was closed, retrying", ex->up_host, ex->up_port);
+    connect_upstream(ex, true);
+    return true;
+}
+
+/* Writing to the upstream failed before the response started. */
+static void up_write_failed(struct exchange *ex)
+{
+    bool reused = ex->up->reused;
+    upconn_close(ex->up);
+    ex->up = NULL;
+    if (!retry_fresh(ex, reused, UP_UNAVAILABLE)) fail_upstream(ex, UP_UNAVAILABLE);
+}
+
 static void up_ready(void *arg, struct upconn *up, int err)
 {
     struct exchange *ex = arg;
@@ -527,11 +557,7 @@ static void up_ready(void *arg, struct upconn *up, int err)
     ex->rp.data = &ex->resp;
     head_reset(&ex->resp, 0);
     ex->resp_mark = 0;
-    if (send_head(ex) < 0) {
-        upconn_close(ex->up);
-        ex->up = NULL;
-        return fail_upstream(ex, UP_UNAVAILABLE);
-    }
+    if (send_head(ex) < 0) return up_write_failed(ex);
     upconn_timeout(up, true);
     upconn_read(up, true);
     if (!ex->up_write_pending && ex->has_body) client_body_taken(ex->c);
@@ -550,9 +576,7 @@ void proxy_client_data(struct exchange *ex)
         int w = upconn_write(ex->up, &b, 1, false);
         if (w < 0) {
             if (ex->resp_started) return client_abort(c);
-            upconn_close(ex->up);
-            ex->up = NULL;
-            return fail_upstream(ex, UP_UNAVAILABLE);
+            return up_write_failed(ex);
         }
         if (w == 1) {
             ex->up_write_pending = true;
@@ -874,21 +898,11 @@ void proxy_client_drained(struct exchange *ex)
 static void up_closed(void *arg, struct upconn *up, int err)
 {
     struct exchange *ex = arg;
-    (void)up;
-    bool had_bytes = ex->resp.n > 0 || ex->resp_head_ready || ex->resp_started;
     ex->up = NULL;
     if (!ex->resp_started) {
-        bool reused = up->reused;
-        if (err != UP_TIMEOUT && reused && !had_bytes && !ex->retried && !ex->has_body &&
-            idempotent(ex->method)) {
-            ex->retried = true;
-            ex->head_sent = false;
-            log_debug("upstream %s:%d: pooled connection was closed, retrying", ex->up_host,
-                      ex->up_port);
-            return connect_upstream(ex, true);
-        }
         if (err == 0) err = UP_UNAVAILABLE;
-        return fail_upstream(ex, err);
+        if (!retry_fresh(ex, up->reused, err)) fail_upstream(ex, err);
+        return;
     }
     if (err == 0 && !ex->resp_done) {
         /* EOF: completes a close-delimited body, cuts any other */

@@ -324,6 +324,41 @@ def test_pooled_connection_dead_on_reuse_idempotent_retried():
         assert st["connections"] == 2, "upstream connections %d" % st["connections"]
 
 
+def test_pooled_connection_dead_on_reuse_put_with_body_retried_post_not():
+    # SPEC: a pooled connection that turns out closed is retried once on a fresh one when the
+    # request is idempotent (the body goes again from the replay buffer); a POST whose bytes
+    # were sent is not retried (the upstream may have acted on it): 502
+    body = pattern_bytes(3000)
+    with proxied() as (up, px):
+        with Conn(px.port) as c:
+            for chunked in (False, True):
+                c.send("GET http://plain.test/armdrop HTTP/1.1\r\nHost: plain.test\r\n\r\n")
+                r = c.read_response()
+                assert r is not None and r.body == b"armed", "%r" % r
+                if chunked:
+                    framing = "Transfer-Encoding: chunked\r\n\r\n"
+                    data = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+                else:
+                    framing = "Content-Length: %d\r\n\r\n" % len(body)
+                    data = body
+                c.send(("PUT http://plain.test/echo?put=%d HTTP/1.1\r\nHost: plain.test\r\n"
+                        % chunked + framing).encode() + data)
+                r = c.read_response()
+                assert r is not None and r.status == 200, \
+                    "PUT with a body on a dead pooled connection was not retried: %r" % r
+                assert r.json()["body_length"] == len(body) and \
+                    r.json()["body_sha256"] == sha256(body), "the retried body differs"
+            c.send("GET http://plain.test/armdrop HTTP/1.1\r\nHost: plain.test\r\n\r\n")
+            assert c.read_response().body == b"armed"
+            c.send(b"POST http://plain.test/echo?post HTTP/1.1\r\nHost: plain.test\r\n"
+                   b"Content-Length: 3000\r\n\r\n" + body)
+            assert_error(c.read_response(), 502, "upstream_unavailable")
+        st = up.stats()
+        for i in (0, 1):
+            assert st["targets"].count("PUT /echo?put=%d" % i) == 2, st["targets"]
+        assert st["targets"].count("POST /echo?post") == 1, st["targets"]
+
+
 def test_socket_io_path_is_the_one_logged():
     # io_uring batches where the kernel allows them (this machine's first two passes), plain
     # calls with AUTHPROXY_IO_URING=0 (the third pass) or where a ring is refused; the log says
