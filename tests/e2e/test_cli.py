@@ -87,35 +87,25 @@ def test_check_lists_disabled_provider_with_its_variable():
     assert "SOME_UNSET_VAR_XYZ" in r.stderr, "--strict error does not name the variable"
 
 
-def test_sigint_stops_like_sigterm():
-    with Mock() as up:
-        port = free_port()
-        px = Proxy(make_config(port, [plain_route(up)]))
-        try:
-            get_json(port, "http://plain.test/echo")
-            os.kill(px.pid, signal.SIGINT)
+def test_sigterm_and_sigint_exit_zero():
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with Mock() as up:
+            port = free_port()
+            px = Proxy(make_config(port, [plain_route(up)]))
             try:
-                rc = px.proc.wait(timeout=10)
-            except Exception:
-                rc = None
-            assert rc == 0, "exit status after SIGINT: %r; output: %s" % (rc, px.output()[-1000:])
-        finally:
-            px.stop()
-
-
-def test_sigterm_exits_zero():
-    with Mock() as up:
-        port = free_port()
-        px = Proxy(make_config(port, [plain_route(up)]))
-        try:
-            get_json(port, "http://plain.test/echo")
-            t0 = time.monotonic()
-            rc = px.stop(term_wait=10)
-            dt = time.monotonic() - t0
-            assert rc == 0, "exit status after SIGTERM: %r; output: %s" % (rc, px.output()[-1000:])
-            assert dt < 6, "took %.1f s to exit after SIGTERM (drain_ms is 1000)" % dt
-        finally:
-            px.stop()
+                get_json(port, "http://plain.test/echo")
+                t0 = time.monotonic()
+                os.kill(px.pid, sig)
+                try:
+                    rc = px.proc.wait(timeout=10)
+                except Exception:
+                    rc = None
+                dt = time.monotonic() - t0
+                assert rc == 0, "exit status after %s: %r; output: %s" % (
+                    sig.name, rc, px.output()[-1000:])
+                assert dt < 6, "took %.1f s to exit after %s (drain_ms is 1000)" % (dt, sig.name)
+            finally:
+                px.stop()
 
 
 def test_sigterm_finishes_in_flight_request():
@@ -183,23 +173,6 @@ def test_sighup_reload_keeps_connections():
             px.stop()
 
 
-def test_provider_disabled_502_and_startup_warning():
-    os.environ.pop("SOME_UNSET_VAR_XYZ", None)
-    cfg = make_config(free_port(), [{"host": "p.test", "upstream": "https://localhost:9",
-                                     "provider": "x"}],
-                      providers={"x": {"token_url": "https://127.0.0.1:%d/token" % closed_port(),
-                                       "client_id": "${SOME_UNSET_VAR_XYZ}",
-                                       "client_secret": "s"}})
-    with Proxy(cfg) as px:
-        st, hdrs, body = request(px.port, "GET", "http://p.test/anything")
-        obj = assert_error((st, hdrs, body), 502, "provider_disabled")
-        assert "SOME_UNSET_VAR_XYZ" in obj["detail"], "detail does not name the variable: %r" % obj
-        assert obj.get("provider") == "x", "error does not name the provider: %r" % obj
-        out = px.output()
-        assert "SOME_UNSET_VAR_XYZ" in out, \
-            "no startup warning naming the variable: %r" % out[-1000:]
-
-
 def _disabled_provider_config(log):
     os.environ.pop("SOME_UNSET_VAR_XYZ", None)
     cfg = make_config(free_port(), [{"host": "p.test", "upstream": "https://localhost:9",
@@ -209,6 +182,18 @@ def _disabled_provider_config(log):
                                        "client_secret": "s"}})
     cfg["log"] = log
     return cfg
+
+
+def test_provider_disabled_502_and_startup_warning():
+    cfg = _disabled_provider_config({"level": "info", "format": "text"})
+    with Proxy(cfg) as px:
+        st, hdrs, body = request(px.port, "GET", "http://p.test/anything")
+        obj = assert_error((st, hdrs, body), 502, "provider_disabled")
+        assert "SOME_UNSET_VAR_XYZ" in obj["detail"], "detail does not name the variable: %r" % obj
+        assert obj.get("provider") == "x", "error does not name the provider: %r" % obj
+        out = px.output()
+        assert "SOME_UNSET_VAR_XYZ" in out, \
+            "no startup warning naming the variable: %r" % out[-1000:]
 
 
 def test_json_log_lines_and_level_filter():
