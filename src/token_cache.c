@@ -260,6 +260,17 @@ static void mint_failed(struct token_slot *s, int status, const char *code, cons
 
 static void slot_free(struct token_slot *s);
 
+/* SPEC (eptura): "fall back to a new code when refresh fails": a refresh that failed for any
+ * reason but the deadline starts the code flow in the same mint. The refresh token is kept
+ * (a new one replaces it if the code flow succeeds). True when the fallback started. */
+static bool refresh_failed_try_code(struct token_slot *s, const char *why)
+{
+    if (s->step != STEP_REFRESH || s->p->grant_type != GRANT_PASSWORD_CODE) return false;
+    log_info("provider %s: refresh failed (%s), requesting a new code", s->p->name, why);
+    step_start(s, STEP_CODE, NULL);
+    return true;
+}
+
 static void fetch_done(struct fetch *fe)
 {
     struct token_slot *s = container_of(fe, struct token_slot, fe);
@@ -297,9 +308,10 @@ static void fetch_done(struct fetch *fe)
             fetch_reset(fe);
             return mint_failed(s, 504, "token_timeout", d, retry);
         }
-        snprintf(d, sizeof d, "provider %s: cannot reach the token endpoint: %s", p->name,
-                 curl_easy_strerror(fe->result));
+        const char *why = curl_easy_strerror(fe->result);
+        snprintf(d, sizeof d, "provider %s: cannot reach the token endpoint: %s", p->name, why);
         fetch_reset(fe);
+        if (refresh_failed_try_code(s, why)) return;
         return mint_failed(s, 503, "token_unavailable", d, retry);
     }
     struct mint_result mr;
@@ -336,7 +348,7 @@ static void fetch_done(struct fetch *fe)
     }
     if (mr.kind == MINT_REJECTED)
         mint_failed(s, 502, "token_rejected", mr.detail, retry);
-    else
+    else if (!refresh_failed_try_code(s, mr.detail))
         mint_failed(s, 503, "token_unavailable", mr.detail, retry);
 }
 

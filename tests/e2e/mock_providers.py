@@ -76,7 +76,8 @@ Control: POST /__control with a JSON object of any of these fields (unknown fiel
   retry_after s             Retry-After of 429/503 (default 2)
   delay_s {key[.endpoint]: s}  sleep before answering
   code_ttl_s s              Eptura code lifetime (default 300)
-  refresh "ok"|"fail"       "fail": every refresh_token grant gets 400 invalid_grant
+  refresh "ok"|"fail"|"500" "fail": every refresh_token grant gets 400 invalid_grant; "500":
+                            500 server_error
   scopes [..]               Enable's allowed scopes (default read:deals read:activitylogs
                             read:users)
   public {key: bool}        RFC endpoint without client authentication (client_auth none)
@@ -327,8 +328,8 @@ class State:
                 if f in obj:
                     self.settings[f] = obj[f]
             if "refresh" in obj:
-                if obj["refresh"] not in ("ok", "fail"):
-                    raise ValueError("refresh must be ok or fail")
+                if obj["refresh"] not in ("ok", "fail", "500"):
+                    raise ValueError("refresh must be ok, fail or 500")
                 self.settings["refresh"] = obj["refresh"]
             if "scopes" in obj:
                 self.settings["scopes"] = list(obj["scopes"])
@@ -994,6 +995,8 @@ def eptura_token(req, key, entry, mode):
             rec = ST.refresh.get(rt)
             if ST.settings["refresh"] == "fail":
                 raise OAuthError(400, "invalid_grant", "refresh token refused")
+            if ST.settings["refresh"] == "500":
+                raise OAuthError(500, "server_error", "refresh is broken today")
             if rec is None or rec["key"] != "eptura":
                 raise OAuthError(400, "invalid_grant", "unknown refresh token")
             if rec["used"] or rec["revoked"]:
@@ -1136,6 +1139,8 @@ def rfc_token(req, key, entry, mode):
             rec = ST.refresh.get(rt)
             if ST.settings["refresh"] == "fail":
                 raise OAuthError(400, "invalid_grant", "refresh token refused")
+            if ST.settings["refresh"] == "500":
+                raise OAuthError(500, "server_error", "refresh is broken today")
             if rec is None or not rec["key"].startswith("rfc"):
                 raise OAuthError(400, "invalid_grant", "unknown refresh token")
             if rec["used"] or rec["revoked"]:
