@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import socket
+import threading
 import time
 
 from harness import assert_error, logdir, run_cli, write_config
@@ -164,6 +165,31 @@ def test_token_admin_endpoints():
         assert retries is not None and retries >= 1, "401 retries in /metrics: %r" % retries
         for tok in s.m.stats()["issued"]["access_tokens"]:
             assert tok not in text
+
+
+def test_admin_refresh_waits_and_survives_callers_that_leave():
+    # forced mints take 0.5 s: two callers wait for the same mint (one transfer), a third hangs
+    # up while waiting; all of it leaves the proxy serving, and the next refresh works
+    with Stack(lambda m: {"epc": epc(m)}, settings={"delay_s": {"epc": 0.5}}, admin=True) as s:
+        s.ok("epc")
+        gone = socket.create_connection(("127.0.0.1", s.admin), timeout=5)
+        gone.sendall(b"POST /tokens/epc/refresh HTTP/1.1\r\nHost: a\r\n"
+                     b"Content-Length: 0\r\n\r\n")
+        results = []
+        ts = [threading.Thread(target=lambda: results.append(
+            s.admin_req("POST", "/tokens/epc/refresh"))) for _ in range(2)]
+        for t in ts:
+            t.start()
+        time.sleep(0.1)
+        gone.close()
+        for t in ts:
+            t.join(10)
+        assert [r[0] for r in results] == [200, 200], results
+        assert hits(s.m.stats(), "epc.token") == 2, "the waiting callers did not share one mint"
+        assert s.admin_req("POST", "/tokens/epc/refresh")[0] == 200
+        assert hits(s.m.stats(), "epc.token") == 3
+        s.ok("epc")
+        assert s.px.alive()
 
 
 def test_admin_health_and_metrics_count_proxied_requests_only():
