@@ -221,7 +221,8 @@ def test_token_client_credentials_refused_refresh_falls_back_to_a_new_grant():
             ("client_credentials", 200), ("refresh_token", 400), ("client_credentials", 200),
             ("refresh_token", 400), ("client_credentials", 200)], \
             [(r["grant"], r["status"], r["error"]) for r in ts]
-        presented = [r["presented"].get("refresh_token") for r in ts if r["grant"] == "refresh_token"]
+        presented = [r["presented"].get("refresh_token") for r in ts
+                     if r["grant"] == "refresh_token"]
         assert len(set(presented)) == 2, "a refused refresh token was presented again"
         assert len(set(toks)) == 3 and st["api"]["unauthorized"] == 0
 
