@@ -1,5 +1,6 @@
 """The error table: every error authproxy produces is JSON with the right status and code."""
 import select
+import socket
 import time
 
 from harness import (VIA, Conn, Mock, Proxy, assert_error, closed_port, free_port, get_json,
@@ -56,6 +57,49 @@ def test_504_upstream_timeout():
         assert 0.4 <= dt < 2.5, "504 after %.2f s with upstream_timeout_ms 500" % dt
         # the proxy keeps serving
         assert get_json(px.port, "http://plain.test/echo")["path"] == "/echo"
+
+
+def test_504_upstream_connect_timeout():
+    # a listener whose accept queue is full drops SYNs, so a connect to it hangs: the proxy
+    # gives up after upstream_connect_timeout_ms with 504 upstream_timeout
+    lst = socket.socket()
+    fillers = []
+    try:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(0)
+        port = lst.getsockname()[1]
+        for _ in range(4):
+            f = socket.socket()
+            f.setblocking(False)
+            try:
+                f.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            fillers.append(f)
+        probe = socket.socket()
+        probe.settimeout(0.5)
+        try:
+            probe.connect(("127.0.0.1", port))
+            hung = False
+        except socket.timeout:
+            hung = True
+        finally:
+            probe.close()
+        assert hung, "precondition: a connect to a listener with a full queue should hang"
+        routes = lambda up: [plain_route(up), {"host": "hang.test",  # noqa: E731
+                                               "upstream": "http://127.0.0.1:%d" % port}]
+        with proxied(routes=routes, limits={"upstream_connect_timeout_ms": 400,
+                                            "upstream_timeout_ms": 10000}) as (up, px):
+            t0 = time.monotonic()
+            st, hdrs, body = request(px.port, "GET", "http://hang.test/x", timeout=10)
+            dt = time.monotonic() - t0
+            assert_error((st, hdrs, body), 504, "upstream_timeout")
+            assert 0.3 <= dt < 3, "504 after %.2f s with upstream_connect_timeout_ms 400" % dt
+            assert get_json(px.port, "http://plain.test/echo")["path"] == "/echo"
+    finally:
+        for f in fillers:
+            f.close()
+        lst.close()
 
 
 def test_504_does_not_hit_fast_requests():
