@@ -1170,9 +1170,11 @@ class Bench:
     def slow_load(self, req, stop, st, deadline):
         """slowmint's background load (its own thread, pinned to the client CPU): --slowmint-clients
         keep-alive connections on the slow route, each with one request outstanding at a time
-        (answered when the next mint lands: the tokens then live 1 ms), and a forced mint
-        (POST /tokens/slow/refresh) every 0.2 s. Once `stop` is set: no new request, no refresh;
-        returns when the outstanding requests are answered, or at `deadline`."""
+        (answered when the next mint lands: the tokens then live 1 ms), and forced mints
+        (POST /tokens/slow/refresh, from a second thread since it answers when the mint has
+        ended) started every 0.2 s or as soon as the previous one answers. Once `stop` is set:
+        no new request, no refresh; returns when the outstanding requests are answered, or at
+        `deadline`."""
         a = self.a
         try:
             os.sched_setaffinity(0, {a.client_cpu})  # pid 0: this thread only
@@ -1185,7 +1187,24 @@ class Bench:
         cap = a.slowmint_clients * per_client
         sel = selectors.DefaultSelector()
         socks = {}  # socket -> [received bytes, send time]
-        next_refresh = 0.0
+
+        def refresher():
+            next_refresh = 0.0
+            for _ in range(1000000):
+                if stop.is_set() or time.monotonic() > deadline:
+                    return
+                time.sleep(max(0.0, next_refresh - time.monotonic()))
+                next_refresh = time.monotonic() + 0.2
+                try:
+                    code = one_request(self.ports["authproxy-admin"], refresh,
+                                       timeout=a.slowmint_delay_ms / 1000.0 + 5)[0]
+                except OSError:
+                    code = -1
+                with lock:
+                    st["refresh"][str(code)] = st["refresh"].get(str(code), 0) + 1
+
+        lock = threading.Lock()
+        ref = threading.Thread(target=refresher, daemon=True)
 
         def send(s):
             s.sendall(req)  # a few dozen bytes: never blocks on an empty socket buffer
@@ -1205,17 +1224,11 @@ class Bench:
                 socks[s] = [b"", 0.0]
                 sel.register(s, selectors.EVENT_READ)
                 send(s)
+            ref.start()
             for _ in range(1000000):
                 now = time.monotonic()
                 if not socks or now > deadline:
                     break
-                if not stop.is_set() and now >= next_refresh:
-                    next_refresh = now + 0.2
-                    try:
-                        code = one_request(self.ports["authproxy-admin"], refresh, timeout=2)[0]
-                    except OSError:
-                        code = -1
-                    st["refresh"][str(code)] = st["refresh"].get(str(code), 0) + 1
                 for key, _ in sel.select(0.05):
                     s = key.fileobj
                     chunk = recv_nb(s)
@@ -1243,6 +1256,8 @@ class Bench:
         except Exception as e:  # reported by slow_mint
             st["error"] = "%s: %s" % (type(e).__name__, e)
         finally:
+            if ref.is_alive():
+                ref.join(max(0.0, deadline - time.monotonic()) + a.slowmint_delay_ms / 1000.0 + 6)
             st["unanswered"] = len(socks)
             for s in list(socks):
                 drop(s)
