@@ -627,7 +627,7 @@ class Bench:
                 self.ap_sha = hashlib.sha256(f.read()).hexdigest()[:12]
         if "floor" in self.contenders():  # snapshot too (`make clean` meanwhile is harmless)
             self.floor_bin = os.path.join(self.tmp, "floor_relay")
-            build_floor(a.floor)
+            build_c(a.floor)
             shutil.copy2(a.floor, self.floor_bin)
         nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.nofile = nofile
@@ -687,9 +687,7 @@ class Bench:
             flags = subprocess.run(["pkg-config", "--cflags", "--libs", "libuv", "libcjson", "libcurl",
                                     "openssl", "liburing"], capture_output=True, text=True,
                                    check=True, timeout=30).stdout.split()
-            subprocess.run([os.environ.get("CC", "gcc"), "-O2", "-Wall", "-Wextra", "-o", path,
-                            os.path.join(BENCH, "rss_floor.c")] + flags, check=True, timeout=120,
-                           capture_output=True)
+            build_c(path, "rss_floor.c", flags)
             out = subprocess.run([path], capture_output=True, text=True, check=True, timeout=30).stdout
             steps = [[k, int(v)] for k, v in (l.split("\t") for l in out.splitlines())]
         except (OSError, ValueError, subprocess.SubprocessError) as e:
@@ -1200,10 +1198,8 @@ class Bench:
                                        timeout=a.slowmint_delay_ms / 1000.0 + 5)[0]
                 except OSError:
                     code = -1
-                with lock:
-                    st["refresh"][str(code)] = st["refresh"].get(str(code), 0) + 1
+                st["refresh"][str(code)] = st["refresh"].get(str(code), 0) + 1  # its only writer
 
-        lock = threading.Lock()
         ref = threading.Thread(target=refresher, daemon=True)
 
         def send(s):
@@ -1783,14 +1779,14 @@ def render(outdir):
     return 0
 
 
-def build_floor(path):
-    """gcc -O2 bench/floor_relay.c -> path, when missing or older than the source."""
-    src = os.path.join(BENCH, "floor_relay.c")
+def build_c(path, name="floor_relay.c", flags=()):
+    """gcc -O2 bench/<name> [flags] -> path, when missing or older than the source."""
+    src = os.path.join(BENCH, name)
     if os.path.exists(path) and os.path.getmtime(path) >= os.path.getmtime(src):
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    subprocess.run([os.environ.get("CC", "gcc"), "-O2", "-Wall", "-Wextra", "-o", path, src],
-                   check=True, timeout=120)
+    subprocess.run([os.environ.get("CC", "gcc"), "-O2", "-Wall", "-Wextra", "-o", path, src]
+                   + list(flags), check=True, timeout=120)
 
 
 def raise_nofile():
@@ -1836,7 +1832,7 @@ def run(a):
         return 2
     if "floor" in a.contenders:
         try:
-            build_floor(a.floor)
+            build_c(a.floor)
         except (OSError, subprocess.CalledProcessError) as e:
             warn("cannot build the floor relay: %s" % e)
             return 2

@@ -1524,7 +1524,7 @@ static void print_route(FILE *out, const struct config *c, int i)
     fprintf(out, ")\n");
 }
 
-int config_print(const struct config *c, FILE *out)
+void config_print(const struct config *c, FILE *out)
 {
     for (int i = 0; i < c->n_listen; i++)
         print_addr(out, "listen", &c->listen[i]);
@@ -1540,7 +1540,6 @@ int config_print(const struct config *c, FILE *out)
         print_route(out, c, i);
     if (c->n_routes == 0) /* valid (authproxy runs with it), but worth saying */
         fprintf(out, "no routes: every request would be refused (403 no_route)\n");
-    return 0;
 }
 
 static bool str_eq(const char *a, const char *b)

@@ -133,9 +133,9 @@ struct config *config_ref(struct config *c);
 void config_unref(struct config *c);
 
 /* --check: prints listeners, providers (with their state, never a secret) and routes, and
- * says so when there is no route. Returns 0: a configuration that loaded is valid (the load
- * reports what is not). */
-int config_print(const struct config *c, FILE *out);
+ * says so when there is no route (a configuration that loaded is valid: the load reports what
+ * is not). */
+void config_print(const struct config *c, FILE *out);
 
 /* Do two providers have the same settings (so a reload keeps the token)? */
 bool provider_config_equal(const struct provider_config *a, const struct provider_config *b);

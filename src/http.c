@@ -40,32 +40,35 @@ void head_reset(struct head *hd, uint32_t start)
 
 /* Span callbacks may be called several times for one element when it arrives split over reads;
  * the input buffer is contiguous, so the pieces are adjacent and only the length grows. */
-/* from_start: count from the head's start (the request line), not only the span (a reason
- * phrase, whose head starts at an offset of the upstream's buffer) */
-static int on_line(llhttp_t *p, const char *at, size_t len, bool from_start, uint32_t after)
+static void on_line(struct head *hd, const char *at, size_t len)
 {
-    struct head *hd = head_of(p);
     uint32_t off = (uint32_t)(at - hd->base);
     if (hd->line_len == 0) hd->line_off = off;
     hd->line_len = off + (uint32_t)len - hd->line_off;
-    uint32_t before = from_start && hd->line_off > hd->start ? hd->line_off - hd->start : 0;
-    if (before + hd->line_len + after > REQUEST_LINE_MAX) {
-        hd->error = HEAD_URI_TOO_LONG;
-        return -1;
-    }
-    return 0;
 }
 
-/* The limit is on the whole request line: method, SP, target, then " HTTP/1.x" (9 bytes, the
- * only versions llhttp's strict mode takes) still to come. */
+static int too_long(struct head *hd, uint32_t n)
+{
+    if (n <= REQUEST_LINE_MAX) return 0;
+    hd->error = HEAD_URI_TOO_LONG;
+    return -1;
+}
+
+/* The limit is on the whole request line: the method and SP from the head's start, the target,
+ * then " HTTP/1.x" (9 bytes, the only versions llhttp's strict mode takes) still to come. */
 int head_on_url(llhttp_t *p, const char *at, size_t len)
 {
-    return on_line(p, at, len, true, 9);
+    struct head *hd = head_of(p);
+    on_line(hd, at, len);
+    uint32_t before = hd->line_off > hd->start ? hd->line_off - hd->start : 0;
+    return too_long(hd, before + hd->line_len + 9);
 }
 
 int head_on_status(llhttp_t *p, const char *at, size_t len)
 {
-    return on_line(p, at, len, false, 0);
+    struct head *hd = head_of(p);
+    on_line(hd, at, len);
+    return too_long(hd, hd->line_len);
 }
 
 int head_on_header_field(llhttp_t *p, const char *at, size_t len)

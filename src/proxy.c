@@ -323,7 +323,6 @@ void proxy_request(struct exchange *ex)
     if (r->provider >= 0 && !(r->client_authorization == CLIENT_AUTHZ_KEEP && hd->auth_idx >= 0)) {
         ex->use_token = true;
         ex->tw.cb = on_token;
-        ex->tw.outcome_only = false;
         ex->state = EX_TOKEN;
         if (token_get(ex->loop, cfg, r->provider, &ex->tw, &ex->tok) == 0) return;
         ex->state = EX_HEAD;
@@ -774,7 +773,6 @@ static void replay_401(struct exchange *ex)
     ex->resp_head_ready = ex->resp_done = ex->resp_close_delimited = false;
     ex->resp_dechunk = ex->resp_kick = false;
     ex->tw.cb = on_token;
-    ex->tw.outcome_only = false;
     ex->state = EX_TOKEN;
     if (token_get(l, ex->cfg, ex->route->provider, &ex->tw, &ex->tok) == 0) return;
     ex->state = EX_HEAD;

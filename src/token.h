@@ -33,7 +33,8 @@ struct token_result {
 struct token_wait {
     void (*cb)(struct token_wait *w, const struct token_result *r);
     struct token_wait *next;
-    bool outcome_only; /* told success or failure, given no token (and not counted as a use) */
+    bool outcome_only; /* set by the cache: token_refresh's waiters are told success or
+                        * failure, given no token (and not counted as a use) */
 };
 
 /* Creates the per-loop cache for l->cfg's providers. */

@@ -260,14 +260,25 @@ static void mint_failed(struct token_slot *s, int status, const char *code, cons
 
 static void slot_free(struct token_slot *s);
 
-/* SPEC (eptura): "fall back to a new code when refresh fails": a refresh that failed for any
- * reason but the deadline starts the code flow in the same mint. The refresh token is kept
- * (a new one replaces it if the code flow succeeds). True when the fallback started. */
-static bool refresh_failed_try_code(struct token_slot *s, const char *why)
+/* A refresh (not the deadline) failed. Refused: the refresh token is dropped and the provider's
+ * own grant starts over (a new code, or a client credentials grant: servers that hand refresh
+ * tokens out with those need not honour them). Failed otherwise: a password_code provider runs
+ * the code flow in the same mint, keeping the refresh token (SPEC, eptura: "fall back to a new
+ * code when refresh fails"). True when the next step started. */
+static bool refresh_fallback(struct token_slot *s, bool refused, const char *why)
 {
-    if (s->step != STEP_REFRESH || s->p->grant_type != GRANT_PASSWORD_CODE) return false;
-    log_info("provider %s: refresh failed (%s), requesting a new code", s->p->name, why);
-    step_start(s, STEP_CODE, NULL);
+    const struct provider_config *p = s->p;
+    bool code = p->grant_type == GRANT_PASSWORD_CODE;
+    if (s->step != STEP_REFRESH || p->grant_type == GRANT_REFRESH_TOKEN || (!refused && !code))
+        return false;
+    log_info("provider %s: refresh %s (%s), %s", p->name, refused ? "refused" : "failed", why,
+             code ? "requesting a new code" : "minting with the client credentials");
+    if (refused) {
+        OPENSSL_cleanse(s->refresh_token, strlen(s->refresh_token));
+        free(s->refresh_token);
+        s->refresh_token = NULL;
+    }
+    step_start(s, code ? STEP_CODE : STEP_GRANT, NULL);
     return true;
 }
 
@@ -311,7 +322,7 @@ static void fetch_done(struct fetch *fe)
         const char *why = curl_easy_strerror(fe->result);
         snprintf(d, sizeof d, "provider %s: cannot reach the token endpoint: %s", p->name, why);
         fetch_reset(fe);
-        if (refresh_failed_try_code(s, why)) return;
+        if (refresh_fallback(s, false, why)) return;
         return mint_failed(s, 503, "token_unavailable", d, retry);
     }
     struct mint_result mr;
@@ -332,23 +343,12 @@ static void fetch_done(struct fetch *fe)
         mint_result_free(&mr);
         return;
     }
-    if (step == STEP_REFRESH && mr.kind == MINT_REJECTED && p->grant_type != GRANT_REFRESH_TOKEN) {
-        /* the refresh token was refused: it is dropped, and the grant starts over (a new code,
-         * or new client credentials grant: servers that hand refresh tokens out with those
-         * need not honour them) */
-        bool code = p->grant_type == GRANT_PASSWORD_CODE;
-        log_info("provider %s: refresh refused (%s), %s", p->name, mr.error,
-                 code ? "requesting a new code" : "minting with the client credentials");
-        OPENSSL_cleanse(s->refresh_token, strlen(s->refresh_token));
-        free(s->refresh_token);
-        s->refresh_token = NULL;
-        mint_result_free(&mr);
-        step_start(s, code ? STEP_CODE : STEP_GRANT, NULL);
-        return;
-    }
-    if (mr.kind == MINT_REJECTED)
+    bool refused = mr.kind == MINT_REJECTED;
+    mint_result_free(&mr);
+    if (refresh_fallback(s, refused, refused ? mr.error : mr.detail)) return;
+    if (refused)
         mint_failed(s, 502, "token_rejected", mr.detail, retry);
-    else if (!refresh_failed_try_code(s, mr.detail))
+    else
         mint_failed(s, 503, "token_unavailable", mr.detail, retry);
 }
 
@@ -425,6 +425,14 @@ static struct token_slot *slot_of(struct loop *l, const struct config *cfg, int 
     return NULL;
 }
 
+static void add_waiter(struct token_slot *s, struct token_wait *w, bool outcome_only)
+{
+    w->outcome_only = outcome_only;
+    w->next = s->waiters;
+    s->waiters = w;
+    s->n_waiters++;
+}
+
 int token_get(struct loop *l, const struct config *cfg, int provider, struct token_wait *w,
               struct token_result *r)
 {
@@ -468,9 +476,7 @@ int token_get(struct loop *l, const struct config *cfg, int provider, struct tok
         snprintf(r->detail, sizeof r->detail, "provider %s: too many requests waiting", p->name);
         return 1;
     }
-    w->next = s->waiters;
-    s->waiters = w;
-    s->n_waiters++;
+    add_waiter(s, w, false);
     if (!s->in_flight) {
         slot_state(s, TS_MINTING);
         mint_start(s);
@@ -532,10 +538,7 @@ int token_refresh(struct loop *l, const struct config *cfg, int provider, struct
         snprintf(r->detail, sizeof r->detail, "provider %s: shutting down", p->name);
         return -1;
     }
-    w->outcome_only = true;
-    w->next = s->waiters; /* before the mint starts: it may fail at once */
-    s->waiters = w;
-    s->n_waiters++;
+    add_waiter(s, w, true); /* before the mint starts: it may fail at once */
     if (s->in_flight) return 0;
     slot_state(s, s->cur ? TS_REFRESHING : TS_MINTING);
     s->backoff_until_ms = 0;

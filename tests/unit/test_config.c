@@ -921,7 +921,7 @@ TEST(config_print_never_shows_secrets)
     size_t len = 0;
     FILE *f = open_memstream(&out, &len);
     REQUIRE(f);
-    CHECK_EQ_INT(config_print(c, f), 0);
+    config_print(c, f);
     fclose(f);
     REQUIRE(out);
     const char *secrets[] = {SECRET_EPC_ID,    SECRET_EPC,         SECRET_ENABLE_ID, SECRET_ENABLE,
@@ -953,7 +953,7 @@ TEST(config_print_never_shows_secrets)
     REQUIRE(c);
     f = open_memstream(&out, &len);
     REQUIRE(f);
-    CHECK_EQ_INT(config_print(c, f), 0); /* valid: it runs, and refuses every request */
+    config_print(c, f); /* valid (exit 0, test_cli.py): it runs, and refuses every request */
     fclose(f);
     CHECK(out && strstr(out, "no routes"));
     free(out);
