@@ -69,11 +69,17 @@ $(BUILD)/authproxy-asan: $(OBJS_ASAN) $(BUILD)/asan/main.o $(BUILD)/asan/llhttp.
 $(BUILD)/unit-tests: $(UNIT) tests/unit/unit.h $(SRCS) $(HDRS) $(BUILD)/asan/llhttp.a | deps
 	@echo "LD $@"; $(CC) $(CFLAGS_BASE) $(SAN) -O1 -Itests/unit -o $@ $(UNIT) $(SRCS) $(BUILD)/asan/llhttp.a $(LDLIBS)
 
+# LD_PRELOAD fault injection for the e2e tests (slow or failing name resolution, connects
+# that fail at once): tests/faults/faults.c
+$(BUILD)/libfaults.so: tests/faults/faults.c | deps
+	@mkdir -p $(BUILD)
+	@echo "CC $<"; $(CC) -std=c11 -D_GNU_SOURCE $(WARN) -O1 -g -shared -fPIC -o $@ $< -ldl
+
 asan: $(BUILD)/authproxy-asan
 unit: $(BUILD)/unit-tests
 	$(BUILD)/unit-tests
 
-test: deps deps-bench $(BUILD)/authproxy $(BUILD)/authproxy-asan $(BUILD)/unit-tests
+test: deps deps-bench $(BUILD)/authproxy $(BUILD)/authproxy-asan $(BUILD)/unit-tests $(BUILD)/libfaults.so
 	python3 tests/run.py
 
 run: deps $(BUILD)/authproxy

@@ -8,9 +8,8 @@
 #include "loop.h"
 #include "proxy.h"
 #include "server.h"
+#include "strbuf.h"
 #include "token.h"
-
-#define ADMIN_BODY_MAX (64 * 1024)
 
 const double stats_latency_bounds[LATENCY_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                                       0.1,   0.25,   0.5,   1,    2.5,   10};
@@ -28,14 +27,24 @@ static bool path_is(const struct head *hd, const char *p)
     return ul == n && memcmp(u, p, n) == 0;
 }
 
+/* Sends a body built in b (500 when memory ran out while building it) and frees it. */
+static void respond_built(struct exchange *ex, const char *ctype, struct strbuf *b)
+{
+    if (b->oom)
+        client_error(ex->c, 500, "internal", "out of memory", NULL, 0);
+    else
+        client_respond(ex->c, 200, ctype, b->p, b->len, 0);
+    strbuf_free(b);
+}
+
+/* The body grows with the routes and the providers (and the route x class series clients
+ * create), so it is built in a buffer that grows with it. */
 static void metrics(struct exchange *ex)
 {
     struct loop *l = ex->loop;
     struct stats *s = &l->stats;
-    char *b = malloc(ADMIN_BODY_MAX);
-    if (!b) return client_error(ex->c, 500, "internal", "out of memory", NULL, 0);
-    size_t n = 0;
-#define P(...) n += (size_t)snprintf(b + n, ADMIN_BODY_MAX - n, __VA_ARGS__)
+    struct strbuf sb = {0}, *b = &sb;
+#define P(...) strbuf_printf(b, __VA_ARGS__)
     P("# HELP authproxy_requests_total Requests answered, by status class.\n");
     P("# TYPE authproxy_requests_total counter\n");
     static const char *cls[] = {"aborted", "1xx", "2xx", "3xx", "4xx", "5xx"};
@@ -76,19 +85,16 @@ static void metrics(struct exchange *ex)
     P("authproxy_retries_401_total %llu\n", (unsigned long long)s->retries_401);
     P("# TYPE authproxy_open_connections gauge\n");
     P("authproxy_open_connections %lld\n", (long long)s->open_connections);
-    n += token_metrics(l, ex->cfg, b + n, ADMIN_BODY_MAX - n);
 #undef P
-    client_respond(ex->c, 200, "text/plain; version=0.0.4", b, n, 0);
-    free(b);
+    token_metrics(l, ex->cfg, b);
+    respond_built(ex, "text/plain; version=0.0.4", b);
 }
 
 static void tokens(struct exchange *ex)
 {
-    char *b = malloc(ADMIN_BODY_MAX);
-    if (!b) return client_error(ex->c, 500, "internal", "out of memory", NULL, 0);
-    size_t n = token_status_json(ex->loop, ex->cfg, b, ADMIN_BODY_MAX);
-    client_respond(ex->c, 200, "application/json", b, n, 0);
-    free(b);
+    struct strbuf b = {0};
+    token_status_json(ex->loop, ex->cfg, &b);
+    respond_built(ex, "application/json", &b);
 }
 
 /* The forced mint ended: 200 with the provider's new state, or the mint's error. */

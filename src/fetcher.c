@@ -21,7 +21,8 @@ static void check_done(struct fetcher *f)
 {
     CURLMsg *m;
     int left;
-    while ((m = curl_multi_info_read(f->multi, &left))) {
+    /* done() may close the fetcher (the last revocation at exit ends the cache) */
+    while (f->multi && (m = curl_multi_info_read(f->multi, &left))) {
         if (m->msg != CURLMSG_DONE) continue;
         struct fetch *fe = NULL;
         curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&fe);

@@ -40,7 +40,8 @@ struct loop {
     struct timeouts to;     /* every connection timeout of this loop */
     int n_clients;
     bool draining;
-    struct exchange *free_ex; /* free list of exchanges */
+    uint64_t stop_deadline_ms; /* loop time: the stop ends by then (limits.drain_ms) */
+    struct exchange *free_ex;  /* free list of exchanges */
     int n_free_ex;
     int active_ex, peak_ex;      /* exchanges in use now, and at most since the last memory trim */
     struct upstream_host *hosts; /* upstream pool keys, most recent first */

@@ -3,6 +3,7 @@
  * Owns the one struct loop of this process and the configuration reference it holds. */
 #include <malloc.h>
 #include <signal.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,23 @@ static const char usage[] =
     "       authproxy -c FILE --token NAME         mint (or reuse) a token and print it\n"
     "       authproxy --version | --help\n";
 
+/* The stop (SIGTERM, SIGINT): stop accepting, let in-flight requests finish, close what is
+ * left, revoke tokens, close every handle so that uv_run returns. The whole of it is bounded by
+ * limits.drain_ms from the signal: the revocations get what the drain left; a name resolution
+ * still running on libuv's thread pool at the end (it cannot be cancelled) is abandoned. */
+static void on_hard_stop(uv_timer_t *t)
+{
+    struct loop *l = t->data;
+    log_warn("stop: limits.drain_ms is over with work still pending (name resolution): exiting");
+    uv_stop(&l->uv);
+}
+
+static uint64_t stop_left_ms(struct loop *l)
+{
+    uint64_t now = uv_now(&l->uv);
+    return l->stop_deadline_ms > now ? l->stop_deadline_ms - now : 0;
+}
+
 /* Last step of a stop: every handle is closed so that uv_run returns. */
 static void loop_close_all(struct loop *l)
 {
@@ -33,28 +51,28 @@ static void loop_close_all(struct loop *l)
     uv_close((uv_handle_t *)&l->sigterm, NULL);
     uv_close((uv_handle_t *)&l->sigint, NULL);
     uv_close((uv_handle_t *)&l->sighup, NULL);
+    /* does not keep the loop running; fires only if something outlives the deadline */
+    uv_timer_start(&l->drain_timer, on_hard_stop, stop_left_ms(l) + DRAIN_POLL_MS, 0);
+    uv_unref((uv_handle_t *)&l->drain_timer);
 }
 
 static void loop_finish(struct loop *l)
 {
     uv_timer_stop(&l->drain_timer);
-    uv_close((uv_handle_t *)&l->drain_timer, NULL);
     trim_stop(l);
     server_stop_listening(l);
     server_close_clients(l, true);
     upstream_pool_close_all(l);
     outbox_close(&l->out);
     timeouts_close(l);
-    token_revoke_all(l, loop_close_all); /* bounded by limits.drain_ms */
+    token_revoke_all(l, stop_left_ms(l), loop_close_all);
 }
 
 static void on_drain_tick(uv_timer_t *t)
 {
     struct loop *l = t->data;
-    static uint64_t waited;
-    waited += DRAIN_POLL_MS;
     server_close_clients(l, false);
-    if (l->n_clients == 0 || waited >= (uint64_t)l->cfg->limits.drain_ms) {
+    if (l->n_clients == 0 || stop_left_ms(l) == 0) {
         if (l->n_clients) log_warn("drain: closing %d connections still open", l->n_clients);
         loop_finish(l);
     }
@@ -63,9 +81,13 @@ static void on_drain_tick(uv_timer_t *t)
 static void on_stop_signal(uv_signal_t *s, int signum)
 {
     struct loop *l = s->data;
-    if (l->draining) return;
+    if (l->draining) { /* SPEC: a second SIGTERM/SIGINT exits at once */
+        log_warn("signal %d again: exiting now", signum);
+        _exit(0);
+    }
     log_info("signal %d: draining (at most %lld ms)", signum, (long long)l->cfg->limits.drain_ms);
     l->draining = true;
+    l->stop_deadline_ms = uv_now(&l->uv) + (uint64_t)l->cfg->limits.drain_ms;
     server_stop_listening(l);
     server_close_clients(l, false);
     uv_timer_start(&l->drain_timer, on_drain_tick, DRAIN_POLL_MS, DRAIN_POLL_MS);
@@ -97,6 +119,10 @@ static void on_hup(uv_signal_t *s, int signum)
 {
     (void)signum;
     struct loop *l = s->data;
+    if (l->draining) { /* the requests still running keep their configuration anyway */
+        log_info("reload ignored: stopping");
+        return;
+    }
     char err[CONFIG_ERR_MAX];
     struct config *n = config_load(l->cfg->path, run_strict, NULL, err);
     if (!n) {
@@ -219,8 +245,12 @@ static int run(struct config *cfg)
     else
         log_debug("socket I/O: batched with io_uring");
     uv_run(&l->uv, UV_RUN_DEFAULT);
+    if (!uv_is_closing((uv_handle_t *)&l->drain_timer))
+        uv_close((uv_handle_t *)&l->drain_timer, NULL);
+    uv_run(&l->uv, UV_RUN_NOWAIT); /* the close callbacks (cancelled resolutions too) */
     log_info("stopped");
     rc = 0;
+    if (uv_loop_alive(&l->uv)) _exit(0); /* a thread still in getaddrinfo: nothing to wait for */
 out_tls:
     token_cache_free(l->tokens_closing);
     SSL_CTX_free(l->ssl_ctx);

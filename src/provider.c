@@ -11,6 +11,8 @@
 #include <strings.h>
 
 #define PARAMS_MAX 24
+#define LIFETIME_MAX_S (10LL * 365 * 86400) /* longer expires_in or exp: a failed mint */
+#define JWT_EXP_MAX 100000000000LL          /* exp above it (year 5138) counts as this */
 
 struct param {
     const char *name; /* wire name */
@@ -319,7 +321,9 @@ int64_t jwt_exp(const char *token)
     cJSON *o = cJSON_ParseWithLength((const char *)buf, (size_t)n);
     if (!o) return -1;
     cJSON *exp = cJSON_GetObjectItemCaseSensitive(o, "exp");
-    int64_t r = cJSON_IsNumber(exp) && exp->valuedouble > 0 ? (int64_t)exp->valuedouble : -1;
+    int64_t r = -1;
+    if (cJSON_IsNumber(exp) && exp->valuedouble > 0) /* bounded before the cast: 1e17 or 1e400 */
+        r = exp->valuedouble < (double)JWT_EXP_MAX ? (int64_t)exp->valuedouble : JWT_EXP_MAX;
     cJSON_Delete(o);
     return r;
 }
@@ -401,7 +405,7 @@ void provider_parse(const struct provider_config *p, enum mint_step step, long s
     }
     if (ei && !cJSON_IsNull(ei)) {
         if (p->expires_in_ms) secs /= 1000.0;
-        if (!(secs > 0) || secs > 10.0 * 365 * 86400) {
+        if (!(secs > 0) || secs > (double)LIFETIME_MAX_S) {
             unavailable(r, p, "the token endpoint gave an expires_in of 0 or less");
             goto out;
         }
@@ -409,9 +413,13 @@ void provider_parse(const struct provider_config *p, enum mint_step step, long s
     }
     int64_t exp = jwt_exp(r->access_token);
     if (exp > 0 && (r->lifetime_ms < 0 || p->use_jwt_exp)) {
-        int64_t jl = exp * 1000 - now_ms;
+        int64_t jl = exp * 1000 - now_ms; /* exp <= JWT_EXP_MAX: no overflow */
         if (jl <= 0) {
             unavailable(r, p, "the token endpoint issued an expired JWT");
+            goto out;
+        }
+        if (jl > LIFETIME_MAX_S * 1000) { /* as for expires_in: a lifetime no token has */
+            unavailable(r, p, "the token endpoint issued a JWT whose exp is years away");
             goto out;
         }
         r->lifetime_ms = jl; /* a preset that trusts exp (enable) takes it over expires_in */

@@ -369,10 +369,9 @@ static void replay_keep(struct exchange *ex, const char *p, size_t n)
     if ((!ex->use_token && !retry) || ex->replay_overflow || n == 0) return;
     uint64_t want = ex->replay_len + n;
     if (want > (uint64_t)ex->cfg->limits.retry_buffer_bytes) {
-        ex->replay_overflow = true; /* too large: streamed, a 401 goes to the client */
-        free(ex->replay);
-        ex->replay = NULL;
-        ex->replay_len = ex->replay_cap = 0;
+        /* too large: streamed, a 401 goes to the client; the copy goes after the write in
+         * progress (replay_drop_overflowed), which may be resending it */
+        ex->replay_overflow = true;
         return;
     }
     if (want > ex->replay_cap) {
@@ -389,6 +388,15 @@ static void replay_keep(struct exchange *ex, const char *p, size_t n)
     }
     memcpy(ex->replay + ex->replay_len, p, n);
     ex->replay_len = want;
+}
+
+/* After a write: a replay copy that can no longer serve (the body outgrew it) is freed. */
+static void replay_drop_overflowed(struct exchange *ex)
+{
+    if (!ex->replay_overflow || !ex->replay) return;
+    free(ex->replay);
+    ex->replay = NULL;
+    ex->replay_len = ex->replay_cap = 0;
 }
 
 static int save_head(struct exchange *ex, const uv_buf_t *iov, unsigned n)
@@ -498,16 +506,18 @@ static int send_head(struct exchange *ex)
     if (ex->use_token && ex->tok.token)
         iov[n++] = uv_buf_init(ex->tok.token->header, (unsigned)ex->tok.token->header_len);
     iov[n++] = uv_buf_init("\r\n", 2);
-    if ((ex->replayed || ex->retried) && ex->replay_len) /* what the first try sent */
-        iov[n++] = uv_buf_init(ex->replay, (unsigned)ex->replay_len);
-    /* body bytes already parsed ride along */
-    if (c->in.off > c->fwd) {
-        iov[n++] = uv_buf_init(c->in.base + c->fwd, c->in.off - c->fwd);
-        replay_keep(ex, c->in.base + c->fwd, c->in.off - c->fwd);
-    }
+    /* a replay or retry sends again what the first try sent; body bytes parsed since ride
+     * along and are kept first, so the replay buffer has stopped moving (replay_keep may
+     * realloc it) before an iovec points into it */
+    uint64_t resend = ex->replayed || ex->retried ? ex->replay_len : 0;
+    uint32_t fresh = c->in.off - c->fwd;
+    if (fresh) replay_keep(ex, c->in.base + c->fwd, fresh);
+    if (resend) iov[n++] = uv_buf_init(ex->replay, (unsigned)resend);
+    if (fresh) iov[n++] = uv_buf_init(c->in.base + c->fwd, fresh);
     c->fwd = c->in.off;
     ex->head_sent = true;
-    int w = upconn_write(ex->up, iov, n, true);
+    int w = upconn_write(ex->up, iov, n, true); /* what the socket does not take is copied */
+    replay_drop_overflowed(ex);
     if (w < 0) return -1;
     ex->up_write_pending = w == 1;
     return 0;
@@ -573,6 +583,7 @@ void proxy_client_data(struct exchange *ex)
         replay_keep(ex, b.base, b.len);
         c->fwd = c->in.off;
         int w = upconn_write(ex->up, &b, 1, false);
+        replay_drop_overflowed(ex);
         if (w < 0) {
             if (ex->resp_started) return client_abort(c);
             return up_write_failed(ex);

@@ -18,6 +18,8 @@ static uint64_t duration(struct loop *l, int kind)
         return (uint64_t)lim->upstream_timeout_ms;
     case TO_POOL:
         return UPSTREAM_IDLE_MS;
+    case TO_NOW:
+        return 0;
     default:
         return LINGER_MS;
     }

@@ -20,6 +20,7 @@ enum timeout_kind {
     TO_CONNECT,  /* upstream connect + TLS handshake: limits.upstream_connect_timeout_ms */
     TO_RESPONSE, /* upstream silent while a response is due: limits.upstream_timeout_ms */
     TO_POOL,     /* an idle pooled upstream connection */
+    TO_NOW,      /* the next turn of the loop: work found inside a call that must not call back */
     TO_KINDS
 };
 

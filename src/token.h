@@ -14,6 +14,7 @@
 
 struct loop;
 struct config;
+struct strbuf;
 
 struct token {
     int refs;
@@ -47,7 +48,8 @@ void token_cache_close(struct loop *l);
 struct token_cache;
 void token_cache_free(struct token_cache *tc);
 
-/* Returns 1 with *r filled when the answer is known now, 0 when w->cb will be called later. */
+/* Returns 1 with *r filled when the answer is known now (a mint that fails at once included),
+ * 0 when w->cb will be called later: never from inside this call. */
 int token_get(struct loop *l, const struct config *cfg, int provider, struct token_wait *w,
               struct token_result *r);
 /* Withdraws a pending wait (the request went away). */
@@ -56,17 +58,18 @@ void token_put(struct token *t);
 /* The upstream answered 401 to t: forget it if it is still the cached token. */
 void token_invalidate(struct loop *l, struct token *t);
 /* Forces a mint (or joins the one in flight). Returns 0 when w->cb will be told its outcome
- * (status 0, no token, with outcome_only set; possibly before this returns), -1 with *r filled
- * when no mint can start. */
+ * (status 0, no token, with outcome_only set; always after this returns), -1 with *r filled
+ * when no mint can start or it failed at once. */
 int token_refresh(struct loop *l, const struct config *cfg, int provider, struct token_wait *w,
                   struct token_result *r);
-/* Revokes live tokens of providers with revoke_on_exit; done() when all answered (or at once
- * when there is nothing to revoke). Bounded by limits.drain_ms. */
-void token_revoke_all(struct loop *l, void (*done)(struct loop *l));
+/* Revokes live tokens of providers with revoke_on_exit; done() when all answered, or when
+ * budget_ms (what is left of limits.drain_ms) has passed, or at once when there is nothing to
+ * revoke or no time left. */
+void token_revoke_all(struct loop *l, uint64_t budget_ms, void (*done)(struct loop *l));
 /* /readyz: every provider has a token or none has failed. */
 bool token_ready(struct loop *l, const struct config *cfg);
-/* /tokens and /metrics: write into out (cap bytes), return the length. Never a token. */
-size_t token_status_json(struct loop *l, const struct config *cfg, char *out, size_t cap);
-size_t token_metrics(struct loop *l, const struct config *cfg, char *out, size_t cap);
+/* /tokens and /metrics: appended to b, however long they get. Never a token. */
+void token_status_json(struct loop *l, const struct config *cfg, struct strbuf *b);
+void token_metrics(struct loop *l, const struct config *cfg, struct strbuf *b);
 
 #endif

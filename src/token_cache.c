@@ -8,8 +8,10 @@
  *   A 401 on the cached token, its expiry or idle expiry sends VALID back to EMPTY.
  *
  * slot_state() is the one place a slot changes state. Memory: the cache and its slots belong to
- * the loop; struct token is reference-counted (the slot holds one reference for the cached
- * token, each request one for the token it sent) and wiped when the last one goes. */
+ * the loop; a slot is owned by exactly one list, tc->slots or (replaced by a reload while its
+ * transfer runs) tc->retired, and freed once by whoever takes it off that list; struct token is
+ * reference-counted (the slot holds one reference for the cached token, each request one for the
+ * token it sent) and wiped when the last one goes. */
 #include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +23,7 @@
 #include "log.h"
 #include "loop.h"
 #include "provider.h"
+#include "strbuf.h"
 #include "token.h"
 
 #define BACKOFF_BASE_MS 1000
@@ -352,20 +355,21 @@ static void fetch_done(struct fetch *fe)
         mint_failed(s, 503, "token_unavailable", mr.detail, retry);
 }
 
-/* A retired slot is freed once its last transfer has answered its waiters. */
+/* A retired slot is freed once its last transfer has answered its waiters, by whoever takes
+ * it off the retired list: here, or token_cache_close (which fetch_done may have run, through
+ * the end of the exit-time revocations) - never both. */
 static void on_fetch_done(struct fetch *fe)
 {
     struct token_slot *s = container_of(fe, struct token_slot, fe);
     fetch_done(fe);
-    if (s->retired && !s->in_flight) {
-        struct token_cache *tc = s->tc;
-        for (struct token_slot **pp = &tc->retired; *pp; pp = &(*pp)->next_retired)
-            if (*pp == s) {
-                *pp = s->next_retired;
-                break;
-            }
-        slot_free(s);
-    }
+    if (!s->retired || s->in_flight) return;
+    struct token_cache *tc = s->tc;
+    for (struct token_slot **pp = &tc->retired; *pp; pp = &(*pp)->next_retired)
+        if (*pp == s) {
+            *pp = s->next_retired;
+            slot_free(s);
+            return;
+        }
 }
 
 static void step_start(struct token_slot *s, enum mint_step step, const char *arg)
@@ -476,11 +480,15 @@ int token_get(struct loop *l, const struct config *cfg, int provider, struct tok
         snprintf(r->detail, sizeof r->detail, "provider %s: too many requests waiting", p->name);
         return 1;
     }
-    add_waiter(s, w, false);
     if (!s->in_flight) {
         slot_state(s, TS_MINTING);
         mint_start(s);
+        if (!s->in_flight) { /* failed at once: answered here, never through w->cb inside */
+            fill_error(s, r, now_ms(s));
+            return 1;
+        }
     }
+    add_waiter(s, w, false);
     return 0;
 }
 
@@ -538,11 +546,16 @@ int token_refresh(struct loop *l, const struct config *cfg, int provider, struct
         snprintf(r->detail, sizeof r->detail, "provider %s: shutting down", p->name);
         return -1;
     }
-    add_waiter(s, w, true); /* before the mint starts: it may fail at once */
-    if (s->in_flight) return 0;
-    slot_state(s, s->cur ? TS_REFRESHING : TS_MINTING);
-    s->backoff_until_ms = 0;
-    mint_start(s);
+    if (!s->in_flight) {
+        slot_state(s, s->cur ? TS_REFRESHING : TS_MINTING);
+        s->backoff_until_ms = 0;
+        mint_start(s);
+        if (!s->in_flight) { /* failed at once: answered here, as token_get does */
+            fill_error(s, r, now_ms(s));
+            return -1;
+        }
+    }
+    add_waiter(s, w, true);
     return 0;
 }
 
@@ -579,7 +592,7 @@ static void stop_transfer(struct token_slot *s)
     s->in_flight = s->revoking = false;
 }
 
-void token_revoke_all(struct loop *l, void (*done)(struct loop *l))
+void token_revoke_all(struct loop *l, uint64_t budget_ms, void (*done)(struct loop *l))
 {
     struct token_cache *tc = l->tokens;
     if (!tc) return done(l);
@@ -591,6 +604,11 @@ void token_revoke_all(struct loop *l, void (*done)(struct loop *l))
         struct token_slot *s = tc->slots[i];
         stop_transfer(s); /* a mint in progress is abandoned */
         if (!s->cur || !s->p->revoke_on_exit || !s->p->revoke_url) continue;
+        if (budget_ms == 0) {
+            log_warn("provider %s: token not revoked: the drain used all of limits.drain_ms",
+                     s->p->name);
+            continue;
+        }
         const char *hv = s->cur->header + 22; /* after "Authorization: Bearer " */
         size_t vl = s->cur->header_len - 24;
         char *v = malloc(vl + 1);
@@ -602,7 +620,7 @@ void token_revoke_all(struct loop *l, void (*done)(struct loop *l))
         free(v);
         if (rc < 0) continue;
         s->fe.done = on_fetch_done;
-        if (fetcher_start(&tc->fetcher, &s->fe, (long)tc->cfg->limits.drain_ms) < 0) {
+        if (fetcher_start(&tc->fetcher, &s->fe, (long)budget_ms) < 0) {
             fetch_reset(&s->fe);
             continue;
         }
@@ -611,8 +629,7 @@ void token_revoke_all(struct loop *l, void (*done)(struct loop *l))
         tc->revokes_pending++;
     }
     if (tc->revokes_pending == 0) return revoke_finished(tc);
-    uv_timer_start(&tc->revoke_timer, on_revoke_timeout, (uint64_t)tc->cfg->limits.drain_ms + 100,
-                   0);
+    uv_timer_start(&tc->revoke_timer, on_revoke_timeout, budget_ms, 0);
 }
 
 bool token_ready(struct loop *l, const struct config *cfg)
@@ -638,69 +655,59 @@ static int64_t wall_ms(struct loop *l, uint64_t loop_ms)
     return wall + ((int64_t)loop_ms - (int64_t)uv_now(&l->uv));
 }
 
-size_t token_status_json(struct loop *l, const struct config *cfg, char *out, size_t cap)
+void token_status_json(struct loop *l, const struct config *cfg, struct strbuf *b)
 {
-    size_t n = (size_t)snprintf(out, cap, "{");
-    for (int i = 0; i < cfg->n_providers && n < cap; i++) {
+    strbuf_add(b, "{", 1);
+    for (int i = 0; i < cfg->n_providers; i++) {
         const struct provider_config *p = &cfg->providers[i];
         struct token_slot *s = slot_of(l, cfg, i);
         const char *st = p->disabled ? "disabled" : s ? state_names[s->state] : "empty";
-        n += (size_t)snprintf(out + n, cap - n, "%s\"%s\": {\"state\": \"%s\"", i ? ", " : "",
-                              p->name, st);
-        if (s && s->cur && n < cap) {
+        strbuf_printf(b, "%s\"", i ? ", " : "");
+        strbuf_json(b, p->name);
+        strbuf_printf(b, "\": {\"state\": \"%s\"", st);
+        if (s && s->cur) {
             uint64_t now = uv_now(&l->uv);
-            n += (size_t)snprintf(
-                out + n, cap - n, ", \"expires_at\": %.3f, \"age\": %.3f, \"uses\": %llu",
-                (double)wall_ms(l, s->cur->expires_ms) / 1000.0,
-                (double)(now - s->cur->minted_ms) / 1000.0, (unsigned long long)s->uses_since_mint);
-        } else if (n < cap) {
-            n += (size_t)snprintf(out + n, cap - n,
-                                  ", \"expires_at\": null, \"age\": null, \"uses\": 0");
+            strbuf_printf(b, ", \"expires_at\": %.3f, \"age\": %.3f, \"uses\": %llu",
+                          (double)wall_ms(l, s->cur->expires_ms) / 1000.0,
+                          (double)(now - s->cur->minted_ms) / 1000.0,
+                          (unsigned long long)s->uses_since_mint);
+        } else {
+            strbuf_printf(b, ", \"expires_at\": null, \"age\": null, \"uses\": 0");
         }
-        if (n < cap)
-            n += (size_t)snprintf(out + n, cap - n,
-                                  ", \"mints\": %llu, \"failures\": %llu, \"last_error\": ",
-                                  s ? (unsigned long long)s->mints_ok : 0ULL,
-                                  s ? (unsigned long long)s->mints_failed : 0ULL);
-        if (s && s->last.error && n < cap) {
-            /* the detail holds no secret; escape quotes and backslashes */
-            n += (size_t)snprintf(out + n, cap - n, "{\"error\": \"%s\", \"detail\": \"",
-                                  s->last.error);
-            for (const char *c = s->last.detail; *c && n + 2 < cap; c++) {
-                if (*c == '"' || *c == '\\') out[n++] = '\\';
-                out[n++] = (unsigned char)*c < 0x20 ? ' ' : *c;
-            }
-            if (n < cap) n += (size_t)snprintf(out + n, cap - n, "\"}");
-        } else if (n < cap) {
-            n += (size_t)snprintf(out + n, cap - n, "null");
+        strbuf_printf(b, ", \"mints\": %llu, \"failures\": %llu, \"last_error\": ",
+                      s ? (unsigned long long)s->mints_ok : 0ULL,
+                      s ? (unsigned long long)s->mints_failed : 0ULL);
+        if (s && s->last.error) { /* the detail holds no secret */
+            strbuf_printf(b, "{\"error\": \"");
+            strbuf_json(b, s->last.error);
+            strbuf_printf(b, "\", \"detail\": \"");
+            strbuf_json(b, s->last.detail);
+            strbuf_printf(b, "\"}");
+        } else {
+            strbuf_printf(b, "null");
         }
-        if (n < cap) n += (size_t)snprintf(out + n, cap - n, "}");
+        strbuf_printf(b, "}");
     }
-    if (n < cap) n += (size_t)snprintf(out + n, cap - n, "}\n");
-    return n < cap ? n : cap;
+    strbuf_printf(b, "}\n");
 }
 
-size_t token_metrics(struct loop *l, const struct config *cfg, char *out, size_t cap)
+void token_metrics(struct loop *l, const struct config *cfg, struct strbuf *b)
 {
     struct token_cache *tc = l->tokens;
-    size_t n = 0;
-    if (!tc) return 0;
-    n += (size_t)snprintf(out + n, cap - n,
-                          "# TYPE authproxy_token_mints_total counter\n"
-                          "# TYPE authproxy_token_cache_hits_total counter\n");
-    for (int i = 0; i < cfg->n_providers && n < cap; i++) {
+    if (!tc) return;
+    strbuf_printf(b, "# TYPE authproxy_token_mints_total counter\n"
+                     "# TYPE authproxy_token_cache_hits_total counter\n");
+    for (int i = 0; i < cfg->n_providers; i++) {
         struct token_slot *s = slot_of(l, cfg, i);
         if (!s) continue;
         const char *nm = s->p->name;
-        n += (size_t)snprintf(out + n, cap - n,
-                              "authproxy_token_mints_total{provider=\"%s\",outcome=\"ok\"} %llu\n"
-                              "authproxy_token_mints_total{provider=\"%s\",outcome=\"error\"} "
-                              "%llu\n"
-                              "authproxy_token_cache_hits_total{provider=\"%s\"} %llu\n",
-                              nm, (unsigned long long)s->mints_ok, nm,
-                              (unsigned long long)s->mints_failed, nm, (unsigned long long)s->hits);
+        strbuf_printf(b,
+                      "authproxy_token_mints_total{provider=\"%s\",outcome=\"ok\"} %llu\n"
+                      "authproxy_token_mints_total{provider=\"%s\",outcome=\"error\"} %llu\n"
+                      "authproxy_token_cache_hits_total{provider=\"%s\"} %llu\n",
+                      nm, (unsigned long long)s->mints_ok, nm, (unsigned long long)s->mints_failed,
+                      nm, (unsigned long long)s->hits);
     }
-    return n < cap ? n : cap;
 }
 
 /* ---- slots and the cache ---- */
@@ -814,14 +821,16 @@ void token_cache_close(struct loop *l)
 {
     struct token_cache *tc = l->tokens;
     if (!tc) return;
-    for (int i = 0; i < tc->n; i++)
+    for (int i = 0; i < tc->n; i++) {
         slot_free(tc->slots[i]);
+        tc->slots[i] = NULL;
+    }
+    tc->n = 0;
     while (tc->retired) {
         struct token_slot *s = tc->retired;
         tc->retired = s->next_retired;
         slot_free(s);
     }
-    tc->n = 0;
     uv_close((uv_handle_t *)&tc->revoke_timer, NULL);
     fetcher_close(&tc->fetcher);
     /* the handles close on the next loop turn: token_cache_free after it */

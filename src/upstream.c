@@ -5,7 +5,15 @@
  * idle a connection holds no input buffer. After ops->ready(err) or ops->closed() the connection
  * is closed here: the owner must drop its pointer and not call it again. No header is written
  * to a TLS connection before its handshake (chain + host name) is verified: the owner only gets
- * the connection from ops->ready(0) or from the idle pool. */
+ * the connection from ops->ready(0) or from the idle pool.
+ *
+ * While a request on a connection is pending: the name resolution (c->gai) runs on libuv's
+ * thread pool and cannot be stopped once started, so c is freed by whichever ends last, the
+ * handle's close callback or on_resolved (c->resolving, c->handle_closed); the connect request
+ * lives in c and libuv ends it before the close callback; queued writes own copies (sock.h).
+ * The owner's callbacks never run inside a call the owner made: an immediate connect failure
+ * is returned by upstream_acquire, and plaintext OpenSSL still holds when the owner resumes
+ * reading is handed over on the next loop turn (c->kick), not from upconn_read. */
 #include "upstream.h"
 
 #include <arpa/inet.h>
@@ -25,14 +33,9 @@
 
 enum { UC_RESOLVING, UC_CONNECTING, UC_HANDSHAKE, UC_ACTIVE, UC_IDLE, UC_CLOSING };
 
-struct conn_req {
-    uv_getaddrinfo_t gai;
-    uv_connect_t connect;
-    struct upconn *c;
-};
-
 static void conn_fail(struct upconn *c, int err);
 static void tls_handshake(struct upconn *c);
+static void on_kick(struct tnode *n);
 
 static uint64_t now_ms(struct loop *l)
 {
@@ -98,7 +101,9 @@ static void on_handle_closed(uv_handle_t *hd)
     struct upconn *c = hd->data;
     inbuf_free(&c->in, &c->loop->pool);
     if (c->ssl) SSL_free(c->ssl); /* frees both BIOs */
-    free(c);
+    c->ssl = NULL;
+    c->handle_closed = true;
+    if (!c->resolving) free(c); /* else on_resolved frees it */
 }
 
 static void idle_unlink(struct upconn *c)
@@ -122,6 +127,8 @@ void upconn_close(struct upconn *c)
     c->host->conns--;
     c->ops = NULL;
     timeout_clear(c->loop, &c->to);
+    timeout_clear(c->loop, &c->kick);
+    if (c->resolving) uv_cancel((uv_req_t *)&c->gai); /* ends it early if not yet started */
     sock_flush(&c->loop->out, (uv_stream_t *)&c->tcp, false);
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
 }
@@ -164,6 +171,7 @@ void upconn_timeout(struct upconn *c, bool on)
 void upstream_timers_init(struct loop *l)
 {
     l->to.fire[TO_CONNECT] = l->to.fire[TO_RESPONSE] = l->to.fire[TO_POOL] = on_timer;
+    l->to.fire[TO_NOW] = on_kick;
 }
 
 /* ---- reading ---- */
@@ -292,7 +300,15 @@ void upconn_read(struct upconn *c, bool on)
     } else if (!on && c->reading) {
         read_stop(c);
     }
-    if (on && tls_has_pending(c)) deliver(c);
+    /* no socket read will come for what OpenSSL already holds: hand it over next turn */
+    if (on && tls_has_pending(c)) timeout_set(c->loop, &c->kick, TO_NOW);
+}
+
+static void on_kick(struct tnode *n)
+{
+    struct upconn *c = container_of(n, struct upconn, kick);
+    if (c->state != UC_ACTIVE || !c->reading || !c->ops) return;
+    deliver(c);
 }
 
 /* ---- writing ---- */
@@ -423,10 +439,8 @@ static int tls_start(struct upconn *c)
 
 static void on_connect(uv_connect_t *req, int status)
 {
-    struct conn_req *r = container_of(req, struct conn_req, connect);
-    struct upconn *c = r->c;
-    free(r);
-    if (c->state == UC_CLOSING) return;
+    struct upconn *c = container_of(req, struct upconn, connect);
+    if (c->state == UC_CLOSING) return; /* UV_ECANCELED from uv_close */
     if (status < 0) {
         c->host->addr_expiry_ms = 0; /* resolve again next time */
         log_warn("upstream %s:%d: connect failed: %s", c->host->host, c->host->port,
@@ -444,31 +458,28 @@ static void on_connect(uv_connect_t *req, int status)
     ready(c);
 }
 
-static void do_connect(struct upconn *c)
+/* Starts the connect to the host's address. Returns <0 when it fails at once (EMFILE,
+ * ENETUNREACH, EADDRNOTAVAIL...): the caller reports it, from where it may. */
+static int do_connect(struct upconn *c)
 {
-    struct conn_req *r = malloc(sizeof *r);
-    if (!r) {
-        conn_fail(c, UP_UNAVAILABLE);
-        return;
-    }
-    r->c = c;
     c->state = UC_CONNECTING;
-    int e = uv_tcp_connect(&r->connect, &c->tcp, (struct sockaddr *)&c->host->addr, on_connect);
+    int e = uv_tcp_connect(&c->connect, &c->tcp, (struct sockaddr *)&c->host->addr, on_connect);
     if (e < 0) {
-        free(r);
+        c->host->addr_expiry_ms = 0;
         log_warn("upstream %s:%d: connect failed: %s", c->host->host, c->host->port,
                  uv_strerror(e));
-        conn_fail(c, UP_UNAVAILABLE);
+        return -1;
     }
+    return 0;
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
-    struct conn_req *r = container_of(req, struct conn_req, gai);
-    struct upconn *c = r->c;
-    free(r);
-    if (c->state == UC_CLOSING) {
+    struct upconn *c = container_of(req, struct upconn, gai);
+    c->resolving = false;
+    if (c->state == UC_CLOSING) { /* closed while resolving (timeout, client gone) */
         uv_freeaddrinfo(res);
+        if (c->handle_closed) free(c); /* else the close callback frees it */
         return;
     }
     if (status < 0 || !res) {
@@ -490,39 +501,30 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         ((struct sockaddr_in6 *)&c->host->addr)->sin6_port = htons((uint16_t)c->host->port);
     c->host->addr_expiry_ms = now_ms(c->loop) + UPSTREAM_DNS_TTL_MS;
     uv_freeaddrinfo(res);
-    do_connect(c);
+    if (do_connect(c) < 0) conn_fail(c, UP_UNAVAILABLE); /* in libuv's callback: tell now */
 }
 
+/* Connects at once to a known address, or starts resolving. <0: failed at once. */
 static int resolve(struct upconn *c)
 {
     struct upstream_host *h = c->host;
-    if (h->addr_expiry_ms > now_ms(c->loop)) {
-        do_connect(c);
-        return 0;
-    }
+    if (h->addr_expiry_ms > now_ms(c->loop)) return do_connect(c);
     struct sockaddr_in a4;
     struct sockaddr_in6 a6;
     if (uv_ip4_addr(h->host, h->port, &a4) == 0) {
         memcpy(&h->addr, &a4, sizeof a4);
         h->addr_expiry_ms = UINT64_MAX;
-        do_connect(c);
-        return 0;
+        return do_connect(c);
     }
     if (uv_ip6_addr(h->host, h->port, &a6) == 0) {
         memcpy(&h->addr, &a6, sizeof a6);
         h->addr_expiry_ms = UINT64_MAX;
-        do_connect(c);
-        return 0;
+        return do_connect(c);
     }
-    struct conn_req *r = malloc(sizeof *r);
-    if (!r) return -1;
-    r->c = c;
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
     c->state = UC_RESOLVING;
-    if (uv_getaddrinfo(&c->loop->uv, &r->gai, on_resolved, h->host, NULL, &hints) < 0) {
-        free(r);
-        return -1;
-    }
+    if (uv_getaddrinfo(&c->loop->uv, &c->gai, on_resolved, h->host, NULL, &hints) < 0) return -1;
+    c->resolving = true;
     return 0;
 }
 
@@ -567,6 +569,7 @@ int upstream_acquire(struct loop *l, bool tls, const char *name, int port, bool 
 void upconn_release(struct upconn *c)
 {
     if (c->state != UC_ACTIVE) return;
+    timeout_clear(c->loop, &c->kick);
     struct upstream_host *h = c->host;
     if (c->eof || c->writes_pending || c->in.len != c->in.off || h->n_idle >= UPSTREAM_IDLE_MAX ||
         c->loop->draining || tls_has_pending(c)) {

@@ -47,7 +47,10 @@ struct upstream_host {
 
 struct upconn {
     uv_tcp_t tcp;
-    struct tnode to; /* connect, response or pool-idle timeout */
+    uv_getaddrinfo_t gai; /* outstanding while resolving: c is freed only after it returns */
+    uv_connect_t connect; /* libuv ends it (UV_ECANCELED) before the close callback */
+    struct tnode to;      /* connect, response or pool-idle timeout */
+    struct tnode kick;    /* TO_NOW: plaintext left in OpenSSL goes to the owner next turn */
     struct loop *loop;
     struct upstream_host *host;
     SSL *ssl;
@@ -55,6 +58,7 @@ struct upconn {
     struct inbuf in; /* plaintext received */
     uint8_t state;
     bool reused, reading, eof;
+    bool resolving, handle_closed; /* the two owners of the memory: gai, and the handle */
     int writes_pending;
     struct upconn *idle_next;
     const struct upconn_ops *ops;
@@ -62,7 +66,9 @@ struct upconn {
 };
 
 /* Gets a connection for the caller: an idle pooled one (returns 1, ready now) unless fresh, or
- * a new one (returns 0; ops->ready called later). Returns <0 on immediate failure. */
+ * a new one (returns 0; ops->ready called later, never before this returns). Returns <0 when
+ * it fails at once (no callback follows). No function of this file calls an ops callback
+ * from inside the caller's own call: they all run from libuv callbacks. */
 int upstream_acquire(struct loop *l, bool tls, const char *host, int port, bool fresh,
                      const struct upconn_ops *ops, void *arg, struct upconn **out);
 /* Writes plaintext. 0: all written; 1: pending (ops->drained later); <0: error. head: the

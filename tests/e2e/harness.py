@@ -324,6 +324,26 @@ def asan_env(env):
     return env
 
 
+FAULTS_LIB = os.path.join(ROOT, "build", "libfaults.so")
+
+
+def faults_env(gai_ms=None, unreach_ports=()):
+    """Environment for a proxy under tests/faults/faults.c: names ending in .slow.test resolve
+    to 127.0.0.1 after gai_ms, .nxdomain.test names fail, connects to 127.0.0.1 on
+    unreach_ports fail at once with ENETUNREACH."""
+    if not os.path.exists(FAULTS_LIB):
+        raise AssertionError("%s does not exist (make build/libfaults.so)" % FAULTS_LIB)
+    e = asan_env({})
+    # the sanitizer runtime need not come first when the shim is preloaded
+    e["ASAN_OPTIONS"] += ":verify_asan_link_order=0"
+    e["LD_PRELOAD"] = FAULTS_LIB
+    if gai_ms is not None:
+        e["AUTHPROXY_FAULT_GAI_MS"] = str(int(gai_ms))
+    if unreach_ports:
+        e["AUTHPROXY_FAULT_UNREACH_PORTS"] = ",".join(str(p) for p in unreach_ports)
+    return e
+
+
 def run_cli(args, env=None, timeout=30):
     """Runs the binary to completion; returns CompletedProcess with text stdout/stderr.
     stderr is also appended to a proxy-*.log so the runner scans it for sanitizer reports."""

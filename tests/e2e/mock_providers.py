@@ -84,6 +84,9 @@ Control: POST /__control with a JSON object of any of these fields (unknown fiel
   cc_refresh {key: bool}    RFC endpoint: client_credentials answers carry a refresh_token too
                             (RFC 6749 4.4.3 says SHOULD NOT; some servers do)
   api_reject bool           the API answers 401 to everything
+  api_reject_early n        the next n API requests with a bearer token get 401 (and their token
+                            revoked) as soon as their head is read, before any body byte; then
+                            the mock stops writing, discards what comes and closes on EOF
   credentials {prov: {field: value}}  replaces credentials (e.g. an EPC secret like 000's)
   revoke_all true           revokes every access token issued so far
   revoke [tokens]           revokes these
@@ -248,6 +251,7 @@ class State:
             "public": {},
             "cc_refresh": {},
             "api_reject": False,
+            "api_reject_early": 0,
         }
 
     def reset_counters(self):
@@ -299,7 +303,7 @@ class State:
                        "delay_s", "public", "cc_refresh")
         known = set(dict_fields) | {"retry_after", "code_ttl_s", "refresh", "scopes",
                                     "api_reject", "revoke_all", "revoke", "heal", "reset",
-                                    "credentials"}
+                                    "credentials", "api_reject_early"}
         unknown = sorted(set(obj) - known)
         if unknown:
             raise ValueError("unknown control field(s): %s" % ", ".join(unknown))
@@ -324,7 +328,7 @@ class State:
                             self.settings[f].pop(k, None)
                         else:
                             self.settings[f][k] = str(v) if f == "fail" else v
-            for f in ("retry_after", "code_ttl_s", "api_reject"):
+            for f in ("retry_after", "code_ttl_s", "api_reject", "api_reject_early"):
                 if f in obj:
                     self.settings[f] = obj[f]
             if "refresh" in obj:
@@ -535,6 +539,35 @@ class Conn:
                 raise BadRequest("content-length %r" % cl[0])
             self.reader.stream(n, sink)
 
+    def reject_early(self, req):
+        """api_reject_early: 401 before reading the body; True when it answered."""
+        auth = req.get("authorization") or ""
+        if auth[:7].lower() != "bearer " or req.path.startswith(("/public", "/__")):
+            return False
+        tok = auth[7:].strip()
+        with ST.lock:
+            if ST.settings["api_reject_early"] <= 0:
+                return False
+            ST.settings["api_reject_early"] -= 1
+            if tok in ST.tokens:
+                ST.tokens[tok].revoked = True
+            ST.api["requests"] += 1
+            ST.api["unauthorized"] += 1
+            ST.api["log"].append({"method": req.method, "path": req.path, "token": tok,
+                                  "status": 401, "reason": "rejected before the body",
+                                  "key": None, "body_sha256": None, "body_length": None,
+                                  "t": time.time()})
+        self.send(req, janswer(401, {"error": "invalid_token", "error_description": "early"},
+                               [("WWW-Authenticate", 'Bearer error="invalid_token"')]), False)
+        try:  # a lingering close: the 401 is read before anything resets the connection
+            self.sock.shutdown(socket.SHUT_WR)
+            self.sock.settimeout(5)
+            while self.sock.recv(65536):
+                pass
+        except OSError:
+            pass
+        return True
+
     def one(self):
         head = self.reader.read_head()
         lines = head[:-4].split(b"\r\n")
@@ -556,6 +589,8 @@ class Conn:
         conn_tokens = [t.strip().lower() for v in req.h.get("connection", [])
                        for t in v.split(",")]
         keep = version == "HTTP/1.1" and "close" not in conn_tokens
+        if self.kind == "api" and self.reject_early(req):
+            return False
         if any(v.lower() == "100-continue" for v in req.h.get("expect", [])):
             self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         hasher = hashlib.sha256()

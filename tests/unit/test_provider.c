@@ -210,6 +210,41 @@ TEST(enable_form_registration_id_and_jwt_exp)
     config_unref(c);
 }
 
+/* A JWT exp far in the future is bounded like a bad expires_in: 1e17 once overflowed
+ * exp * 1000 (UBSan: signed overflow) and cached the token for ever; 1e400 is infinity. */
+TEST(jwt_exp_years_away_is_a_failed_mint)
+{
+    struct config *c = load("\"en\": {\"preset\": \"enable\", \"token_url\": \"https://e/t\", "
+                            "\"client_id\": \"cid\", \"client_secret\": \"sec\"}");
+    REQUIRE(c);
+    const struct provider_config *p = &c->providers[0];
+    const int64_t now = 1700000000000LL; /* ms */
+    const char *far[] = {
+        "{\"access_token\": \"eyJhbGciOiJub25lIn0.eyJleHAiOjFlMTd9.c2ln\"}",             /* 1e17 */
+        "{\"access_token\": \"eyJhbGciOiJub25lIn0.eyJleHAiOjFlNDAwfQ.c2ln\"}",           /* 1e400 */
+        "{\"access_token\": \"eyJhbGciOiJub25lIn0.eyJleHAiOjIwMDAwMDAwMDAwMDB9.c2ln\"}", /* 2e12 */
+        "{\"access_token\": \"eyJhbGciOiJub25lIn0.eyJleHAiOjFlMTd9.c2ln\", \"expires_in\": 60}",
+    };
+    for (size_t i = 0; i < sizeof far / sizeof far[0]; i++) {
+        struct mint_result r;
+        provider_parse(p, STEP_GRANT, 200, far[i], strlen(far[i]), now, &r);
+        CHECK_EQ_INT(r.kind, MINT_UNAVAILABLE);
+        CHECK(r.access_token == NULL);
+        CHECK(strstr(r.detail, "exp") != NULL);
+        mint_result_free(&r);
+    }
+    CHECK(jwt_exp("eyJhbGciOiJub25lIn0.eyJleHAiOjFlMTd9.c2ln") > 0);
+    CHECK(jwt_exp("eyJhbGciOiJub25lIn0.eyJleHAiOjFlNDAwfQ.c2ln") > 0);
+    /* an exp an hour away still gives that lifetime */
+    const char *ok = "{\"access_token\": \"eyJhbGciOiJub25lIn0.eyJleHAiOjE3MDAwMDAwMDB9.c2ln\"}";
+    struct mint_result r;
+    provider_parse(p, STEP_GRANT, 200, ok, strlen(ok), now - 3600 * 1000, &r);
+    CHECK_EQ_INT(r.kind, MINT_OK);
+    CHECK_EQ_INT(r.lifetime_ms, 3600 * 1000);
+    mint_result_free(&r);
+    config_unref(c);
+}
+
 TEST(answers_that_are_not_tokens)
 {
     struct config *c = load("\"g\": {\"token_url\": \"https://a/t\", \"client_id\": \"c\", "
