@@ -12,8 +12,9 @@
  * handle's close callback or on_resolved (c->resolving, c->handle_closed); the connect request
  * lives in c and libuv ends it before the close callback; queued writes own copies (sock.h).
  * The owner's callbacks never run inside a call the owner made: an immediate connect failure
- * is returned by upstream_acquire, and plaintext OpenSSL still holds when the owner resumes
- * reading is handed over on the next loop turn (c->kick), not from upconn_read. */
+ * is returned by upstream_acquire, and plaintext OpenSSL still holds (after a pump that filled
+ * c->in, or when the owner resumes reading) is handed over on the next loop turn (c->kick), not
+ * from inside upconn_read or the owner's own data callback. */
 #include "upstream.h"
 
 #include <arpa/inet.h>
@@ -230,6 +231,12 @@ static void deliver(struct upconn *c)
     if (c->state == UC_ACTIVE && c->eof && c->ops && (!c->ssl || !tls_has_pending(c)))
         conn_fail(c, 0);
     inbuf_settle(&c->in, &c->loop->pool); /* what the owner still holds becomes c's own */
+    /* A pump stops when c->in is full: what OpenSSL still holds (a read can bring several
+     * records) gets no socket read to carry it once the upstream has sent its last bytes, so
+     * it goes to the owner on the next turn while the owner reads and has left room. */
+    if (c->state == UC_ACTIVE && c->ops && !c->paused && tls_has_pending(c) &&
+        (!c->in.base || c->in.len < c->in.cap))
+        timeout_set(c->loop, &c->kick, TO_NOW);
 }
 
 static void read_stop(struct upconn *c)
@@ -252,6 +259,10 @@ static void read_done(struct upconn *c, ssize_t nread, const uv_buf_t *buf)
         if (nread == UV_EOF && c->state == UC_ACTIVE) {
             c->eof = true;
             read_stop(c);
+            if (tls_has_pending(c)) { /* the plaintext before the close still goes first */
+                if (!c->paused) deliver(c);
+                return;
+            }
             if (c->ops) conn_fail(c, 0);
             return;
         }
@@ -293,8 +304,8 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 void upconn_read(struct upconn *c, bool on)
 {
     if (c->state == UC_CLOSING) return;
-
-    if (on && !c->reading) {
+    c->paused = !on;
+    if (on && !c->reading && !c->eof) {
         uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
         c->reading = true;
     } else if (!on && c->reading) {
@@ -307,7 +318,7 @@ void upconn_read(struct upconn *c, bool on)
 static void on_kick(struct tnode *n)
 {
     struct upconn *c = container_of(n, struct upconn, kick);
-    if (c->state != UC_ACTIVE || !c->reading || !c->ops) return;
+    if (c->state != UC_ACTIVE || c->paused || !c->ops) return;
     deliver(c);
 }
 
@@ -579,6 +590,7 @@ void upconn_release(struct upconn *c)
     inbuf_free(&c->in, &c->loop->pool);
     c->ops = NULL;
     c->arg = NULL;
+    c->paused = false;
     c->state = UC_IDLE;
     c->idle_next = h->idle;
     h->idle = c;

@@ -5,10 +5,11 @@
                                   then on build/authproxy with AUTHPROXY_IO_URING=0, the modules
                                   that move bytes (SEND_SKIP lists the others; --no-send skips)
   python3 tests/run.py -k NAME            only e2e tests whose name contains NAME (no unit tests)
-  python3 tests/run.py --release-only / --asan-only / --no-unit
+  python3 tests/run.py --release-only / --asan-only / --no-unit / -j N (tests at once)
   (AUTHPROXY_RELEASE_BIN / AUTHPROXY_ASAN_BIN override the binaries, AUTHPROXY_E2E_DIR the tests)
 
-Every e2e test runs in its own process group with a hard timeout; the proxy's stderr is scanned
+Every e2e test runs in its own process group with a hard timeout, up to -j (default 3,
+AUTHPROXY_TEST_JOBS) at once, heavy ones alone; the proxy's stderr is scanned
 for sanitizer reports after every test. The last line of output is always "N passed, N failed".
 """
 import argparse
@@ -207,6 +208,48 @@ def one(mod, name):
     return 0
 
 
+def run_jobs(jobs, n_jobs, started, tmp):
+    """Runs the e2e tests, up to n_jobs at once (they mostly wait on sockets and timers; each
+    has its own ports, processes and log directory); a heavy test (1 GiB transfers, memory
+    bounds) runs alone. Prints each result as it ends. Returns (passed, failed)."""
+    import concurrent.futures as cf
+    passed = failed = 0
+    pending = list(jobs)
+    running = {}  # future -> job
+
+    def finish(fut):
+        nonlocal passed, failed
+        label = running.pop(fut)[0]
+        ok, why, dt, ldir = fut.result()
+        if ok:
+            shutil.rmtree(ldir, ignore_errors=True)
+            passed += 1
+            say("ok   %s" % label)
+        else:
+            failed += 1
+            say("FAIL %s (%.1fs): %s" % (label, dt, why))
+
+    with cf.ThreadPoolExecutor(max_workers=max(1, n_jobs)) as pool:
+        while pending or running:
+            job = pending[0] if pending else None
+            heavy_running = any(j[3] for j in running.values())
+            can_start = (job is not None and not heavy_running and len(running) < n_jobs
+                         and not (job[3] and running))
+            if can_start:
+                pending.pop(0)
+                label, mod, name, heavy, e = job
+                if time.monotonic() - started > BUDGET_S:
+                    say("FAIL %s: not run, the run exceeded its %d s budget" % (label, BUDGET_S))
+                    failed += 1
+                    continue
+                running[pool.submit(run_one, mod, name, heavy, e, tmp)] = job
+                continue
+            done, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                finish(fut)
+    return passed, failed
+
+
 def run_bench_smoke():
     """bench/run.sh --smoke: every contender starts and answers 2xx (no timing is judged)."""
     try:
@@ -234,6 +277,9 @@ def main():
     ap.add_argument("--no-send", action="store_true",
                     help="skip the release run with one send() per write (AUTHPROXY_IO_URING=0)")
     ap.add_argument("-v", action="store_true", help="print the output of failing tests")
+    ap.add_argument("-j", dest="jobs", type=int,
+                    default=int(os.environ.get("AUTHPROXY_TEST_JOBS", "3")),
+                    help="e2e tests run at once (heavy ones alone; default 3)")
     a = ap.parse_args()
     if a.one:
         sys.exit(one(*a.one))
@@ -282,6 +328,7 @@ def main():
                              or os.path.join(ROOT, "build", "authproxy-asan"), "1", None))
         if not (a.asan_only or a.no_send):
             flavours.append((" [send]", release, "0", "0"))
+        jobs = []  # (label, mod, name, heavy, env) in the order they are listed
         for tag, binary, asan, ring in flavours:
             # the plain-calls pass covers the modules that move bytes; the token engine's own
             # modules (libcurl, presets, CLI) do not touch sock.c's two paths differently
@@ -300,18 +347,10 @@ def main():
                     say("FAIL %s: %s not built" % (label, os.path.relpath(binary, ROOT)))
                     failed += 1
                     continue
-                if time.monotonic() - started > BUDGET_S:
-                    say("FAIL %s: not run, the run exceeded its %d s budget" % (label, BUDGET_S))
-                    failed += 1
-                    continue
-                ok, why, dt, ldir = run_one(mod, name, heavy, e, tmp)
-                if ok:
-                    shutil.rmtree(ldir, ignore_errors=True)
-                    passed += 1
-                    say("ok   %s" % label)
-                else:
-                    failed += 1
-                    say("FAIL %s (%.1fs): %s" % (label, dt, why))
+                jobs.append((label, mod, name, heavy, e))
+        p, f = run_jobs(jobs, a.jobs, started, tmp)
+        passed += p
+        failed += f
         if not (a.filter or a.no_bench or a.asan_only):
             p, f = run_bench_smoke()
             passed += p

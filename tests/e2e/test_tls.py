@@ -4,7 +4,7 @@ import threading
 import time
 
 from harness import (ASAN, MiB, Conn, Mock, Proxy, assert_error, certs, free_port, get_json,
-                     hdr_all, make_config, read_pattern, request)
+                     hdr_all, make_config, pattern_bytes, read_pattern, request)
 
 
 def _proxy_for(mock, upstream_host="localhost"):
@@ -123,3 +123,63 @@ def test_tls_upstream_download_and_upload():
         body = pattern_bytes(2 * MiB + 3)
         echo = get_json(px.port, "http://tls.test/upload", method="POST", body=body)
         assert echo["body_length"] == len(body) and echo["body_sha256"] == sha256(body)
+
+
+def _slow_chunked_read(port, n, rate, rcvbuf, deadline_s):
+    """GET a chunked n-byte pattern body through tls.test with a small receive buffer, reading
+    at about rate bytes/s. Returns (body read, complete, seconds)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(deadline_s)
+    t0 = time.monotonic()
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"GET http://tls.test/chunked?n=%d HTTP/1.1\r\nHost: tls.test\r\n\r\n" % n)
+    buf = bytearray()
+    step = 16 * 1024
+    try:
+        while not buf.endswith(b"\r\n0\r\n\r\n") and time.monotonic() - t0 < deadline_s:
+            due = t0 + len(buf) / float(rate)
+            if due > time.monotonic():
+                time.sleep(due - time.monotonic())
+            d = s.recv(step)
+            if not d:
+                break
+            buf += d
+    except socket.timeout:
+        pass
+    finally:
+        s.close()
+    dt = time.monotonic() - t0
+    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    body, i = bytearray(), 0
+    while True:  # de-chunk what came
+        j = rest.find(b"\r\n", i)
+        if j < 0:
+            return body, False, dt
+        size = int(rest[i:j].split(b";")[0], 16)
+        if size == 0:
+            return body, rest[j:j + 4] == b"\r\n\r\n", dt
+        body += rest[j + 2:j + 2 + size]
+        if len(rest) < j + 4 + size:
+            return body, False, dt
+        i = j + 4 + size
+
+
+def test_tls_fast_chunked_response_to_a_slow_reader_arrives_whole():
+    # Decrypted bytes left in OpenSSL once a pump had filled the input buffer waited for a
+    # socket read that never came after the upstream's last bytes: the client sat 16-150
+    # bytes short of the end until upstream_timeout_ms, then was cut.
+    n = (8 if ASAN else 20) * MiB
+    rate = 8 * MiB
+    with Mock(tls=True) as up:
+        cfg = make_config(free_port(), [{"host": "tls.test",
+                                         "upstream": "https://localhost:%d" % up.port}],
+                          limits={"upstream_timeout_ms": 10000})
+        want = pattern_bytes(n)
+        with Proxy(cfg) as px:
+            for attempt in range(3):
+                body, complete, dt = _slow_chunked_read(px.port, n, rate, 64 * 1024, 9)
+                assert len(body) == n and complete, \
+                    "attempt %d: %d of %d body bytes, complete %s, after %.1f s" % (
+                        attempt, len(body), n, complete, dt)
+                assert body == want, "attempt %d: the body differs from the upstream's" % attempt
