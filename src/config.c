@@ -545,6 +545,8 @@ static const struct key_spec limit_rows[] = {
     ROW_I64("max_headers", L(max_headers), 1, 10000, 100),
     /* retry_buffer_bytes 0: a request with a body is never replayed */
     ROW_I64("retry_buffer_bytes", L(retry_buffer_bytes), 0, 1 << 30, 1048576),
+    /* the replay copies of all requests together; past it a request streams without one */
+    ROW_I64("retry_buffer_total_bytes", L(retry_buffer_total_bytes), 0, 1LL << 40, 67108864),
     ROW_I64("header_timeout_ms", L(header_timeout_ms), 1, 3600000, 10000),
     ROW_I64("idle_timeout_ms", L(idle_timeout_ms), 1, 86400000, 60000),
     ROW_I64("upstream_connect_timeout_ms", L(upstream_connect_timeout_ms), 1, 3600000, 5000),

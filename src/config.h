@@ -92,7 +92,7 @@ struct route_config {
 };
 
 struct limits {
-    int64_t max_header_bytes, max_headers, retry_buffer_bytes;
+    int64_t max_header_bytes, max_headers, retry_buffer_bytes, retry_buffer_total_bytes;
     int64_t header_timeout_ms, idle_timeout_ms;
     int64_t upstream_connect_timeout_ms, upstream_timeout_ms;
     int64_t token_timeout_ms, max_connections, drain_ms;

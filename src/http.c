@@ -32,6 +32,8 @@ void head_reset(struct head *hd, uint32_t start)
     hd->start = start;
     hd->line_off = hd->line_len = 0;
     hd->end = 0;
+    hd->trailer_n = 0;
+    hd->trailer_bytes = 0;
     hd->n_host = hd->n_cl = hd->n_te = 0;
     hd->host_idx = hd->auth_idx = -1;
     hd->conn_close = hd->conn_keep_alive = hd->expect_continue = false;
@@ -71,10 +73,22 @@ int head_on_status(llhttp_t *p, const char *at, size_t len)
     return too_long(hd, hd->line_len);
 }
 
+/* A trailer field's bytes: counted against the head's limits, never kept (request trailers are
+ * dropped; the body is forwarded without them). */
+static int trailer_bytes(struct head *hd, size_t len, bool name)
+{
+    if (name && hd->in_value) hd->trailer_n++;
+    hd->in_value = !name;
+    hd->trailer_bytes += (uint32_t)len;
+    if (hd->trailer_n < hd->max && hd->trailer_bytes <= hd->max_bytes) return 0;
+    hd->error = HEAD_TOO_MANY;
+    return -1;
+}
+
 int head_on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     struct head *hd = head_of(p);
-    if (hd->frozen) return 0; /* trailers travel inside the raw chunked body */
+    if (hd->frozen) return trailer_bytes(hd, len, true);
     uint32_t off = (uint32_t)(at - hd->base);
     if (hd->n == 0 || hd->in_value) {
         if (hd->n >= hd->max) {
@@ -112,7 +126,7 @@ int head_on_header_field(llhttp_t *p, const char *at, size_t len)
 int head_on_header_value(llhttp_t *p, const char *at, size_t len)
 {
     struct head *hd = head_of(p);
-    if (hd->frozen) return 0;
+    if (hd->frozen) return trailer_bytes(hd, len, false);
     uint32_t off = (uint32_t)(at - hd->base);
     struct hdr *h = &hd->h[hd->n - 1];
     if (!hd->in_value) {
@@ -152,6 +166,9 @@ static void classify(struct head *hd, struct hdr *h)
     case 6:
         if (IS("expect")) kind = H_EXPECT, hop = 0;
         break;
+    case 8:
+        if (IS("location")) kind = H_LOCATION, hop = 0;
+        break;
     case 7:
         if ((n[0] | 0x20) == 't' ? IS("trailer") : false)
             kind = H_TRAILER;
@@ -174,7 +191,10 @@ static void classify(struct head *hd, struct hdr *h)
         if (IS("content-length")) kind = H_CONTENT_LENGTH, hop = 0;
         break;
     case 16:
-        if (IS("proxy-connection")) kind = H_PROXY_CONNECTION;
+        if ((n[0] | 0x20) == 'p' ? IS("proxy-connection") : false)
+            kind = H_PROXY_CONNECTION;
+        else if (IS("content-location"))
+            kind = H_CONTENT_LOCATION, hop = 0;
         break;
     case 17:
         if (IS("transfer-encoding")) kind = H_TRANSFER_ENCODING, hop = 0;

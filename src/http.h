@@ -30,6 +30,8 @@ enum hdr_kind {
     H_TRANSFER_ENCODING,
     H_EXPECT,
     H_RETRY_AFTER,
+    H_LOCATION,
+    H_CONTENT_LOCATION,
 };
 
 struct hdr {
@@ -51,11 +53,14 @@ struct head {
     struct hdr *h;    /* cap entries, malloc'd unless cap == max; grows up to max */
     int n, cap, max;
     bool in_value;
-    bool frozen;    /* analysed: later header callbacks (chunked trailers) are ignored */
+    bool frozen;    /* analysed: later header callbacks (chunked trailers) are only counted */
     uint8_t error;  /* enum head_error */
     uint32_t start; /* offset of the first byte of the message */
     uint32_t line_off, line_len; /* url (request) or status text (response) */
     uint32_t end;                /* offset just past the blank line */
+    uint32_t max_bytes;          /* trailers: at most max fields and max_bytes (431 beyond) */
+    int trailer_n;
+    uint32_t trailer_bytes;
     /* what the checks found */
     int n_host, n_cl, n_te;
     int host_idx, auth_idx;

@@ -44,6 +44,7 @@ struct loop {
     struct exchange *free_ex;  /* free list of exchanges */
     int n_free_ex;
     int active_ex, peak_ex;      /* exchanges in use now, and at most since the last memory trim */
+    uint64_t replay_reserved;    /* bytes of every exchange's replay buffer (capacity) */
     struct upstream_host *hosts; /* upstream pool keys, most recent first */
     int n_hosts;
     char *scratch; /* BUF_BLOCK bytes for TLS ciphertext reads */

@@ -35,6 +35,7 @@ static void up_drained(void *arg, struct upconn *up);
 static void resp_process(struct exchange *ex);
 static void maybe_finish(struct exchange *ex);
 static void connect_upstream(struct exchange *ex, bool fresh);
+static void replay_free(struct exchange *ex);
 
 static void up_pending(void *arg, struct upconn *up);
 static const struct upconn_ops up_ops = {up_ready, up_data, up_closed, up_drained, up_pending};
@@ -78,6 +79,7 @@ struct exchange *proxy_exchange_new(struct loop *l, struct client *c)
     ex->resp.h = rs.h;
     ex->resp.cap = rs.cap;
     ex->req.max = ex->resp.max = (int)l->cfg->limits.max_headers;
+    ex->req.max_bytes = ex->resp.max_bytes = (uint32_t)l->cfg->limits.max_header_bytes;
     ex->out = out;
     ex->out_cap = out_cap;
     ex->saved = saved;
@@ -126,10 +128,7 @@ void proxy_exchange_free(struct exchange *ex)
     }
     token_put(ex->tok.token);
     ex->tok.token = NULL;
-    if (ex->replay) { /* a body to a token route, or an idempotent one on a reused connection */
-        free(ex->replay);
-        ex->replay = NULL;
-    }
+    replay_free(ex); /* a body to a token route, or an idempotent one on a reused connection */
     config_unref(ex->cfg);
     ex->cfg = NULL;
     l->active_ex--;
@@ -263,6 +262,7 @@ void proxy_request(struct exchange *ex)
         return fail(ex, 400, "bad_request", "conflicting message length headers");
     if (hd->n_host > 1) return fail(ex, 400, "bad_request", "more than one Host header");
     ex->has_body = hd->n_te > 0 || (hd->n_cl > 0 && ex->parser.content_length > 0);
+    ex->req_chunked = hd->n_te > 0;
 
     const char *url = hd->base + hd->line_off;
     size_t url_len = hd->line_len;
@@ -302,7 +302,24 @@ void proxy_request(struct exchange *ex)
         }
     }
 
-    ex->route = router_match(cfg, ex->host, ex->port, path, path_len, ex->origin_form);
+    /* gateway routes match and forward the normalised path (SPEC "Routes"); it is made in the
+     * scratch and, for such a route, written back over the target (it is never longer) */
+    size_t norm_len = 0;
+    bool norm_ok = false;
+    if (ex->origin_form && path_len > 0 && path[0] == '/') {
+        if (ensure_out(ex, path_len) < 0) return fail(ex, 500, "internal", "out of memory");
+        norm_ok = path_normalize(path, path_len, ex->out, &norm_len) == 0;
+    }
+    ex->route = router_match(cfg, ex->host, ex->port, norm_ok ? ex->out : path,
+                             norm_ok ? norm_len : path_len, ex->origin_form);
+    if (ex->route && ex->route->path_prefix) {
+        if (!norm_ok)
+            return fail(ex, 400, "bad_request",
+                        "the path climbs above /, or holds an encoded slash or a backslash");
+        memcpy((char *)path, ex->out, norm_len);
+        ex->path_len = (uint32_t)norm_len;
+        path_len = norm_len;
+    }
     if (!ex->route) {
         snprintf(d, sizeof d, "no route for %s%.*s", ex->host[0] ? ex->host : "(no host) ",
                  (int)(path_len > 64 ? 64 : path_len), path);
@@ -361,42 +378,84 @@ static size_t put_authority(const struct exchange *ex, char *out)
     return (size_t)sprintf(out, v6 ? "[%s]:%d" : "%s:%d", ex->up_host, ex->up_port);
 }
 
-/* Keeps request body bytes for a 401 replay, or for a retry of an idempotent request on a
- * fresh connection when a pooled one turns out closed, up to limits.retry_buffer_bytes. */
-static void replay_keep(struct exchange *ex, const char *p, size_t n)
+/* Frees the replay copy and gives its room back to the loop's budget. */
+static void replay_free(struct exchange *ex)
+{
+    if (ex->replay) {
+        free(ex->replay);
+        ex->loop->replay_reserved -= ex->replay_cap;
+    }
+    ex->replay = NULL;
+    ex->replay_len = ex->replay_cap = 0;
+}
+
+/* Keeps the request body bytes being sent (iov, data of them body bytes, the rest chunk
+ * framing) for a 401 replay, or for a retry of an idempotent request on a fresh connection when
+ * a pooled one turns out closed: while the body stays within limits.retry_buffer_bytes and the
+ * copies of all requests within limits.retry_buffer_total_bytes. Past either the request
+ * streams on without a copy (its 401 goes to the client). */
+static void replay_keep(struct exchange *ex, const uv_buf_t *iov, unsigned n, uint32_t data)
 {
     bool retry = !ex->retried && ex->up && ex->up->reused && idempotent(ex->method);
-    if ((!ex->use_token && !retry) || ex->replay_overflow || n == 0) return;
-    uint64_t want = ex->replay_len + n;
-    if (want > (uint64_t)ex->cfg->limits.retry_buffer_bytes) {
-        /* too large: streamed, a 401 goes to the client; the copy goes after the write in
-         * progress (replay_drop_overflowed), which may be resending it */
-        ex->replay_overflow = true;
-        return;
-    }
+    size_t bytes = iov_len(iov, n);
+    if ((!ex->use_token && !retry) || ex->replay_overflow || bytes == 0) return;
+    const struct limits *lim = &ex->cfg->limits;
+    uint64_t want = ex->replay_len + bytes;
+    /* too large: the copy goes after the write in progress (replay_drop_overflowed), which
+     * may be resending it */
+    if (ex->replay_body + data > (uint64_t)lim->retry_buffer_bytes) goto overflow;
     if (want > ex->replay_cap) {
         uint64_t cap = ex->replay_cap ? ex->replay_cap : 4096;
         while (cap < want)
             cap *= 2;
+        struct loop *l = ex->loop;
+        if (l->replay_reserved - ex->replay_cap + cap > (uint64_t)lim->retry_buffer_total_bytes)
+            goto overflow; /* the budget is spent */
         char *b = realloc(ex->replay, cap);
-        if (!b) {
-            ex->replay_overflow = true;
-            return;
-        }
+        if (!b) goto overflow;
+        l->replay_reserved += cap - ex->replay_cap;
         ex->replay = b;
         ex->replay_cap = cap;
     }
-    memcpy(ex->replay + ex->replay_len, p, n);
+    iov_copy(iov, n, 0, ex->replay + ex->replay_len);
     ex->replay_len = want;
+    ex->replay_body += data;
+    return;
+overflow:
+    ex->replay_overflow = true;
 }
 
 /* After a write: a replay copy that can no longer serve (the body outgrew it) is freed. */
 static void replay_drop_overflowed(struct exchange *ex)
 {
-    if (!ex->replay_overflow || !ex->replay) return;
-    free(ex->replay);
-    ex->replay = NULL;
-    ex->replay_len = ex->replay_cap = 0;
+    if (ex->replay_overflow) replay_free(ex);
+}
+
+/* Appends to iov the request body bytes parsed and not yet sent, [fwd, dw) of the client's
+ * buffer: as they are, or for a chunked request as one chunk of them and, once the request is
+ * complete, the last chunk (extensions and trailers never travel). Returns the iovecs added
+ * (at most 4); *data gets the body bytes among them. */
+static unsigned body_iov(struct exchange *ex, uv_buf_t *iov, uint32_t *data)
+{
+    struct client *c = ex->c;
+    uint32_t len = c->dw - c->fwd;
+    unsigned n = 0;
+    *data = len;
+    if (!ex->req_chunked) {
+        if (len) iov[n++] = uv_buf_init(c->in.base + c->fwd, len);
+        return n;
+    }
+    if (len) {
+        int k = snprintf(ex->chunk_line, sizeof ex->chunk_line, "%x\r\n", len);
+        iov[n++] = uv_buf_init(ex->chunk_line, (unsigned)k);
+        iov[n++] = uv_buf_init(c->in.base + c->fwd, len);
+        iov[n++] = uv_buf_init("\r\n", 2);
+    }
+    if (ex->req_complete && !ex->req_last_chunk) {
+        iov[n++] = uv_buf_init("0\r\n\r\n", 5);
+        ex->req_last_chunk = true;
+    }
+    return n;
 }
 
 static int save_head(struct exchange *ex, const uv_buf_t *iov, unsigned n)
@@ -455,7 +514,7 @@ static int send_head(struct exchange *ex)
             if (!prev_end || prev_end != h->name_off) runs++;
             prev_end = h->line_end;
         }
-        bool copy = runs > REQ_IOV_MAX - 8;
+        bool copy = runs > REQ_IOV_MAX - 10; /* the line, then 9 at most after the runs */
         size_t method_len = strlen(method);
         size_t need = method_len + base_len + path_len + 16 + AUTHORITY_MAX + 32 +
                       ex->cfg->via_len + 16 + (copy ? hd->end - hd->start : 0);
@@ -510,11 +569,14 @@ static int send_head(struct exchange *ex)
      * along and are kept first, so the replay buffer has stopped moving (replay_keep may
      * realloc it) before an iovec points into it */
     uint64_t resend = ex->replayed || ex->retried ? ex->replay_len : 0;
-    uint32_t fresh = c->in.off - c->fwd;
-    if (fresh) replay_keep(ex, c->in.base + c->fwd, fresh);
+    uv_buf_t body[4];
+    uint32_t data;
+    unsigned nb = body_iov(ex, body, &data);
+    replay_keep(ex, body, nb, data);
     if (resend) iov[n++] = uv_buf_init(ex->replay, (unsigned)resend);
-    if (fresh) iov[n++] = uv_buf_init(c->in.base + c->fwd, fresh);
-    c->fwd = c->in.off;
+    for (unsigned i = 0; i < nb; i++)
+        iov[n++] = body[i];
+    client_body_forwarded(c);
     ex->head_sent = true;
     int w = upconn_write(ex->up, iov, n, true); /* what the socket does not take is copied */
     replay_drop_overflowed(ex);
@@ -578,11 +640,13 @@ void proxy_client_data(struct exchange *ex)
     if (ex->state != EX_SEND || !ex->head_sent || ex->up_write_pending || !ex->up) {
         return;
     }
-    if (c->in.off > c->fwd) {
-        uv_buf_t b = uv_buf_init(c->in.base + c->fwd, c->in.off - c->fwd);
-        replay_keep(ex, b.base, b.len);
-        c->fwd = c->in.off;
-        int w = upconn_write(ex->up, &b, 1, false);
+    uv_buf_t b[4];
+    uint32_t data;
+    unsigned nb = body_iov(ex, b, &data);
+    if (nb) {
+        replay_keep(ex, b, nb, data);
+        client_body_forwarded(c);
+        int w = upconn_write(ex->up, b, nb, false);
         replay_drop_overflowed(ex);
         if (w < 0) {
             if (ex->resp_started) return client_abort(c);
@@ -680,6 +744,47 @@ static bool client_closes_after(const struct exchange *ex)
            ex->loop->draining || !ex->req_complete;
 }
 
+/* A Location or Content-Location value from a gateway route's upstream, in the client's view
+ * (nginx's proxy_redirect default): an absolute URI on the route's upstream, or an absolute
+ * path, has the upstream's base path replaced by the route's prefix (when stripped), and the
+ * URI the client's host. Writes the value to o and returns its length; 0: keep the line as
+ * it came (it points elsewhere, or the route is not a gateway). o has room for the value plus
+ * the prefix and an authority. */
+static size_t location_rewrite(const struct exchange *ex, const char *v, size_t vl, char *o)
+{
+    const struct route_config *r = ex->route;
+    if (!r->path_prefix || !r->has_upstream) return 0;
+    const struct upstream_url *u = &r->upstream;
+    const char *scheme = u->tls ? "https://" : "http://";
+    size_t sl = strlen(scheme), al = u->authority_len;
+    bool absolute = false;
+    if (vl >= sl + al && ascii_ieq(v, scheme, sl) && ascii_ieq(v + sl, u->authority, al) &&
+        (vl == sl + al || v[sl + al] == '/' || v[sl + al] == '?')) {
+        v += sl + al;
+        vl -= sl + al;
+        absolute = true;
+    } else if (!(vl >= 1 && v[0] == '/' && (vl == 1 || v[1] != '/'))) {
+        return 0; /* relative references resolve against the client's own URL as they are */
+    }
+    if (vl < u->path_len || memcmp(v, u->path, u->path_len) != 0 ||
+        (vl > u->path_len && v[u->path_len] != '/' && v[u->path_len] != '?'))
+        return 0; /* elsewhere on the upstream */
+    v += u->path_len;
+    vl -= u->path_len;
+    size_t k = 0;
+    if (absolute) { /* the client asked http://<host>: it gets that back */
+        bool v6 = strchr(ex->host, ':') != NULL;
+        k = (size_t)sprintf(o, v6 ? "http://[%s]" : "http://%s", ex->host);
+        if (ex->port != 80) k += (size_t)sprintf(o + k, ":%d", ex->port);
+    }
+    size_t keep = r->strip_prefix ? router_strip_len(r, r->path_prefix, r->prefix_len) : 0;
+    memcpy(o + k, r->path_prefix, keep);
+    k += keep;
+    if (vl == 0 || v[0] != '/') o[k++] = '/';
+    memcpy(o + k, v, vl);
+    return k + vl;
+}
+
 /* Builds the client's response head into ex->out. Returns its length or -1. */
 static int build_resp_head(struct exchange *ex, bool interim)
 {
@@ -691,6 +796,9 @@ static int build_resp_head(struct exchange *ex, bool interim)
         if ((ch < 0x20 && ch != '\t') || ch == 0x7f) return -1;
     }
     size_t need = 32 + hd->line_len + (hd->end - hd->start) + ex->cfg->via_len + 64;
+    size_t loc_extra = ex->route->prefix_len + AUTHORITY_MAX + 32; /* per Location rewritten */
+    for (int i = 0; i < hd->n; i++)
+        if (hd->h[i].kind == H_LOCATION || hd->h[i].kind == H_CONTENT_LOCATION) need += loc_extra;
     if (ensure_out(ex, need) < 0) return -1;
     char *o = ex->out;
     size_t k = PUT_LIT(o, "HTTP/1.1 ");
@@ -707,6 +815,18 @@ static int build_resp_head(struct exchange *ex, bool interim)
         if (h->hop) continue;
         if (ex->resp_dechunk && h->kind == H_TRANSFER_ENCODING) continue;
         if (interim && (h->kind == H_TRANSFER_ENCODING || h->kind == H_CONTENT_LENGTH)) continue;
+        if (h->kind == H_LOCATION || h->kind == H_CONTENT_LOCATION) {
+            size_t at = k + h->name_len + 2;
+            size_t vl = location_rewrite(ex, hdr_value(hd, h), h->val_len, o + at);
+            if (vl) {
+                memcpy(o + k, hdr_name(hd, h), h->name_len);
+                memcpy(o + k + h->name_len, ": ", 2);
+                k = at + vl;
+                memcpy(o + k, "\r\n", 2);
+                k += 2;
+                continue;
+            }
+        }
         uint32_t len = h->line_end - h->name_off;
         memcpy(o + k, hd->base + h->name_off, len);
         k += len;

@@ -39,8 +39,10 @@ struct exchange {
     uint32_t out_cap;
     char *saved; /* the upstream request head without token, kept for a 401 replay */
     uint32_t saved_len, saved_cap;
-    char *replay; /* request body bytes sent so far, up to limits.retry_buffer_bytes */
-    uint64_t replay_len, replay_cap;
+    char *replay; /* request body bytes sent so far as sent (chunked: as reframed), while the
+                   * body is within limits.retry_buffer_bytes and the loop's replay budget */
+    uint64_t replay_len, replay_cap, replay_body; /* replay_body: body bytes, no framing */
+    uint32_t chunk_ext; /* extension bytes on the chunk-size line being parsed */
     uint8_t state;
     uint8_t method;
     uint8_t http_minor;
@@ -49,9 +51,11 @@ struct exchange {
     bool resp_head_ready, resp_started, resp_done, resp_dechunk, resp_close_delimited;
     bool retried, resp_kick, head_saved;
     bool replayed, replay_overflow;
-    uint32_t resp_w;    /* dechunk: write cursor in the upstream buffer */
-    uint32_t resp_mark; /* start of response bytes not yet written to the client */
-    uint32_t head_out;  /* length of a response head in out not yet written */
+    bool req_chunked, req_last_chunk; /* chunked request: reframed; its last chunk was sent */
+    char chunk_line[12];              /* "<hex size>\r\n" of the chunk being sent */
+    uint32_t resp_w;                  /* dechunk: write cursor in the upstream buffer */
+    uint32_t resp_mark;               /* start of response bytes not yet written to the client */
+    uint32_t head_out;                /* length of a response head in out not yet written */
     /* not cleared per request (set before use; proxy_exchange_new resets host, port, tok) */
     char host[HOST_MAX];
     struct token_result tok;

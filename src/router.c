@@ -119,6 +119,83 @@ const struct route_config *router_match(const struct config *c, const char *host
     return NULL;
 }
 
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    c = ascii_lower(c);
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+static bool unreserved(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_' || c == '~';
+}
+
+/* The segment just written, out[s, w), is "." or "..": drop it as 5.2.4 says (a last one
+ * leaves its '/'). Returns the new w, or -1 when ".." would climb above the root. */
+static long dot_segment(char *out, size_t s, size_t w, bool last)
+{
+    size_t n = w - s;
+    bool dot = n == 1 && out[s] == '.', dotdot = n == 2 && out[s] == '.' && out[s + 1] == '.';
+    if (!dot && !dotdot) return (long)w;
+    w = s - 1; /* before the segment's '/' */
+    if (dotdot) {
+        if (w == 0) return -1; /* "/.." */
+        while (w > 0 && out[w - 1] != '/')
+            w--;
+        w--; /* the '/' before the dropped segment */
+    }
+    if (last) out[w++] = '/';
+    return (long)w;
+}
+
+int path_normalize(const char *in, size_t len, char *out, size_t *out_len)
+{
+    size_t i = 0, w = 0, seg = 0;
+    if (len == 0 || in[0] != '/') return -1;
+    while (i < len && in[i] != '?') {
+        char c = in[i];
+        if (c == '/') {
+            if (w > 0) {
+                long r = dot_segment(out, seg, w, false);
+                if (r < 0) return -1;
+                w = (size_t)r;
+            }
+            out[w++] = '/';
+            seg = w;
+            i++;
+            continue;
+        }
+        if (c == '\\') return -1;
+        if (c == '%') {
+            int hi = i + 2 < len ? hexval(in[i + 1]) : -1, lo = hi >= 0 ? hexval(in[i + 2]) : -1;
+            if (lo < 0) return -1;
+            unsigned char v = (unsigned char)(hi * 16 + lo);
+            if (v == '/' || v == '\\') return -1;
+            if (unreserved(v)) {
+                out[w++] = (char)v;
+            } else {
+                static const char hex[] = "0123456789ABCDEF";
+                out[w++] = '%';
+                out[w++] = hex[v >> 4];
+                out[w++] = hex[v & 15];
+            }
+            i += 3;
+            continue;
+        }
+        out[w++] = c;
+        i++;
+    }
+    long r = dot_segment(out, seg, w, true);
+    if (r < 0) return -1;
+    w = (size_t)r;
+    memcpy(out + w, in + i, len - i); /* the query as it came */
+    *out_len = w + (len - i);
+    return 0;
+}
+
 size_t router_strip_len(const struct route_config *r, const char *path, size_t path_len)
 {
     if (!r->strip_prefix || !r->path_prefix) return 0;

@@ -26,6 +26,13 @@ int host_normalize(const char *in, size_t len, int default_port, char out[HOST_M
 const struct route_config *router_match(const struct config *c, const char *host, int port,
                                         const char *path, size_t path_len, bool origin_form);
 
+/* RFC 3986 6.2.2 on an origin-form target's path (the query, from '?', is copied unchanged):
+ * percent-encoded unreserved characters decoded (%2e is '.'), other escapes kept with
+ * uppercase hex, dot-segments removed (5.2.4). Writes at most len bytes to out, sets *out_len.
+ * Returns 0, or -1 when the path climbs above '/', holds an encoded slash (%2f) or a backslash
+ * (raw or %5c), or a malformed escape: SPEC's 400 for gateway routes. */
+int path_normalize(const char *in, size_t len, char *out, size_t *out_len);
+
 /* For a matched path_prefix route with strip_prefix: how many leading bytes of path to drop so
  * that the remainder still begins with '/'. 0 when nothing is stripped.
  * A prefix ending in '/' keeps that '/': "/eptura/" on "/eptura/v1/x" -> 7, remainder "/v1/x".

@@ -36,11 +36,50 @@ static int on_message_complete(llhttp_t *p)
     return HPE_PAUSED;
 }
 
+#define CHUNK_LINE_MAX 4096 /* a longer chunk-size line (extensions) is 400 */
+
+static struct exchange *ex_of_req(llhttp_t *p)
+{
+    return container_of((struct head *)p->data, struct exchange, req);
+}
+
+/* A chunked request body is forwarded as its data alone, reframed (proxy.c): each piece moves
+ * down to the client's dw, so [fwd, dw) holds the data parsed and not yet sent. */
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct exchange *ex = ex_of_req(p);
+    if (!ex->req_chunked) return 0;
+    struct client *c = ex->c;
+    char *dst = c->in.base + c->dw;
+    if (dst != at) memmove(dst, at, len);
+    c->dw += (uint32_t)len;
+    return 0;
+}
+
+/* Chunk extensions are dropped; their length is bounded. */
+static int on_chunk_extension(llhttp_t *p, const char *at, size_t len)
+{
+    (void)at;
+    struct exchange *ex = ex_of_req(p);
+    ex->chunk_ext += (uint32_t)len;
+    return ex->chunk_ext > CHUNK_LINE_MAX - 32 ? -1 : 0;
+}
+
+static int on_chunk_header(llhttp_t *p)
+{
+    ex_of_req(p)->chunk_ext = 0;
+    return 0;
+}
+
 static llhttp_settings_t request_settings = {
     .on_url = head_on_url,
     .on_header_field = head_on_header_field,
     .on_header_value = head_on_header_value,
     .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_chunk_extension_name = on_chunk_extension,
+    .on_chunk_extension_value = on_chunk_extension,
+    .on_chunk_header = on_chunk_header,
     .on_message_complete = on_message_complete,
 };
 
@@ -242,7 +281,7 @@ static void parse_head(struct client *c)
         return;
     }
     tlist_clear(c);
-    c->fwd = c->in.off;
+    client_body_forwarded(c);
     c->state = C_BODY;
     if (c->admin)
         admin_request(c->ex);
@@ -270,15 +309,22 @@ static void parse_body(struct client *c)
         c->state = C_DONE;
         c->ex->req_complete = true;
     } else {
-        char d[160];
-        snprintf(d, sizeof d, "malformed request body: %s", llhttp_errno_name(e));
         if (c->ex->resp_started) {
             client_abort(c);
             return;
         }
+        if (c->ex->req.error == HEAD_TOO_MANY) {
+            client_error(c, 431, "headers_too_large", "the request trailers are too large", NULL,
+                         0);
+            return;
+        }
+        char d[160];
+        snprintf(d, sizeof d, "malformed request body: %s%s", llhttp_errno_name(e),
+                 c->ex->chunk_ext > CHUNK_LINE_MAX - 32 ? " (a chunk-size line over 4 KiB)" : "");
         client_error(c, 400, "bad_request", d, NULL, 0);
         return;
     }
+    if (!c->ex->req_chunked) c->dw = c->in.off;
     proxy_client_data(c->ex);
 }
 
@@ -310,7 +356,7 @@ static void client_process(struct client *c)
     if (c->state == C_CLOSED) return;
     if (c->in.base && !input_needed(c)) {
         inbuf_free(&c->in, &c->loop->pool);
-        c->fwd = 0;
+        c->fwd = c->dw = 0;
     }
     read_update(c);
 }
@@ -319,10 +365,15 @@ void client_body_taken(struct client *c)
 {
     if (c->state == C_CLOSED) return;
     if (c->fwd == c->in.len && c->in.off == c->in.len) {
-        c->in.len = c->in.off = c->fwd = 0;
+        c->in.len = c->in.off = c->fwd = c->dw = 0;
     } else if (c->fwd > 0 && c->fwd == c->in.off && c->in.cap - c->in.len < BUF_BLOCK / 4) {
         inbuf_shift(&c->in, c->fwd);
-        c->fwd = 0;
+        c->fwd = c->dw = 0;
+    }
+    if (c->state == C_DONE && c->ex) { /* parsed whole: what is left of it, then the end */
+        read_update(c);
+        proxy_client_data(c->ex);
+        return;
     }
     client_process(c);
 }
@@ -476,11 +527,11 @@ void client_exchange_done(struct client *c, bool keep)
     /* drop the finished request; pipelined bytes move to the front */
     if (c->in.off == c->in.len) {
         inbuf_free(&c->in, &c->loop->pool);
-        c->fwd = 0;
+        c->fwd = c->dw = 0;
         timer_set(c, TO_IDLE);
     } else {
         inbuf_shift(&c->in, c->in.off);
-        c->fwd = 0;
+        c->fwd = c->dw = 0;
         timer_set(c, TO_HEADER);
     }
     client_process(c);

@@ -32,8 +32,10 @@ struct client {
     struct loop *loop;
     struct client *prev, *next; /* loop's list of every client, for draining */
     struct tnode to;            /* header, idle or linger timeout */
-    struct inbuf in;            /* [fwd, off) parsed body bytes not yet forwarded */
-    uint32_t fwd;
+    struct inbuf in; /* [fwd, dw) parsed body bytes not yet forwarded; [dw, off) chunk framing
+                      * already parsed (dw == off but for chunked bodies, whose data the parser
+                      * moves down to dw as it goes) */
+    uint32_t fwd, dw;
     struct exchange *ex;
     uint8_t state;
     bool reading, eof, in_process, again, write_pending, admin;
@@ -48,8 +50,13 @@ void server_close_clients(struct loop *l, bool force);
 /* For the exchange: */
 /* 0, 1 pending, -1; head: the bytes start a response (small ones wait for the loop's batch) */
 int client_write(struct client *c, const uv_buf_t *bufs, unsigned n, bool head);
-/* The exchange has taken [fwd, off) of the input (written or queued). */
+/* The exchange has taken [fwd, dw) of the input (written or queued). */
 void client_body_taken(struct client *c);
+/* The exchange sent (or copied) the parsed body bytes: nothing before off is needed now. */
+static inline void client_body_forwarded(struct client *c)
+{
+    c->fwd = c->dw = c->in.off;
+}
 /* The exchange is over: response complete (keep: the connection may serve another request). */
 void client_exchange_done(struct client *c, bool keep);
 /* Sends an error (SPEC's JSON) and closes the connection after it. */

@@ -57,8 +57,8 @@ struct upconn {
     BIO *rbio, *wbio;
     struct inbuf in; /* plaintext received */
     uint8_t state;
-    bool reused, reading, eof; /* reading: the socket is read; eof: it has ended */
-    bool paused;               /* the owner asked for no more plaintext (upconn_read) */
+    bool reused, reading, eof;     /* reading: the socket is read; eof: it has ended */
+    bool paused;                   /* the owner asked for no more plaintext (upconn_read) */
     bool resolving, handle_closed; /* the two owners of the memory: gai, and the handle */
     int writes_pending;
     struct upconn *idle_next;

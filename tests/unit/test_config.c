@@ -307,6 +307,7 @@ TEST(config_defaults)
     CHECK_EQ_INT(c->limits.max_header_bytes, 65536);
     CHECK_EQ_INT(c->limits.max_headers, 100);
     CHECK_EQ_INT(c->limits.retry_buffer_bytes, 1048576);
+    CHECK_EQ_INT(c->limits.retry_buffer_total_bytes, 64 << 20);
     CHECK_EQ_INT(c->limits.header_timeout_ms, 10000);
     CHECK_EQ_INT(c->limits.idle_timeout_ms, 60000);
     CHECK_EQ_INT(c->limits.upstream_connect_timeout_ms, 5000);

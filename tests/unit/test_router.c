@@ -239,3 +239,48 @@ TEST(router_strip_len)
     CHECK_EQ_INT(strip(&c->routes[5], "/v2/x"), 0); /* path_prefix without strip_prefix */
     config_unref(c);
 }
+
+/* path_normalize on s: the result, or "ERR" */
+static const char *pnorm(const char *s)
+{
+    static char out[512];
+    size_t n;
+    if (path_normalize(s, strlen(s), out, &n) < 0) return "ERR";
+    CHECK(n <= strlen(s)); /* never longer: it may be written back over the input */
+    out[n] = 0;
+    return out;
+}
+
+TEST(path_normalize_rfc3986)
+{
+    CHECK_STR(pnorm("/"), "/");
+    CHECK_STR(pnorm("/docs/a.txt"), "/docs/a.txt");
+    CHECK_STR(pnorm("/docs/../secret.txt"), "/secret.txt");
+    CHECK_STR(pnorm("/docs/%2e%2e/secret.txt"), "/secret.txt");
+    CHECK_STR(pnorm("/docs/%2E%2e/secret.txt"), "/secret.txt");
+    CHECK_STR(pnorm("/docs/.%2e/x"), "/x");
+    CHECK_STR(pnorm("/a/./b/../c"), "/a/c");
+    CHECK_STR(pnorm("/a/b/.."), "/a/");
+    CHECK_STR(pnorm("/a/b/."), "/a/b/");
+    CHECK_STR(pnorm("/a/.."), "/");
+    CHECK_STR(pnorm("/."), "/");
+    CHECK_STR(pnorm("/a//b"), "/a//b");
+    CHECK_STR(pnorm("/a/..b/.c"), "/a/..b/.c"); /* not dot-segments */
+    CHECK_STR(pnorm("/%7euser/%41%62c"), "/~user/Abc");
+    CHECK_STR(pnorm("/a%20b/%c3%a9"), "/a%20b/%C3%A9");
+    CHECK_STR(pnorm("/docs/x?a=../b&c=%2f"), "/docs/x?a=../b&c=%2f"); /* the query is not a path */
+    CHECK_STR(pnorm("/a/../b?q"), "/b?q");
+    /* SPEC's 400s */
+    CHECK_STR(pnorm("/.."), "ERR");
+    CHECK_STR(pnorm("/a/../.."), "ERR");
+    CHECK_STR(pnorm("/docs/../../etc/passwd"), "ERR");
+    CHECK_STR(pnorm("/docs/%2e%2e/%2e%2e/x"), "ERR");
+    CHECK_STR(pnorm("/docs/..%2fsecret.txt"), "ERR");
+    CHECK_STR(pnorm("/docs/a%2Fb"), "ERR");
+    CHECK_STR(pnorm("/docs/a%5cb"), "ERR");
+    CHECK_STR(pnorm("/docs/a\\b"), "ERR");
+    CHECK_STR(pnorm("/bad%zz"), "ERR");
+    CHECK_STR(pnorm("/bad%4"), "ERR");
+    CHECK_STR(pnorm("/bad%"), "ERR");
+    CHECK_STR(pnorm("*"), "ERR");
+}
