@@ -1,7 +1,12 @@
 /* fetcher.c - libcurl multi-socket on libuv (see fetcher.h).
  *
  * Memory: a struct sock_ctx per socket curl asks us to watch, freed in its poll handle's close
- * callback; easy handles are created per transfer and cleaned up when it ends. */
+ * callback; easy handles are created per transfer and cleaned up when it ends.
+ *
+ * While a transfer is pending: its easy handle belongs to the multi handle and its struct fetch
+ * to the caller, who cancels it (fetcher_cancel) before freeing the fetch. done() runs only
+ * from a libuv callback (poll or timer), never inside fetcher_start, and may close the whole
+ * fetcher: check_done stops reading messages once the multi handle is gone. */
 #include "fetcher.h"
 
 #include <openssl/crypto.h>

@@ -9,7 +9,13 @@
  * in place in the input buffers (usually the loop's shared read block) and written from there;
  * a write that cannot complete at once copies its rest (server.c, upstream.c), so nothing
  * points into an input buffer after the read callback. The upstream request head without the
- * token is saved (out of the client's buffer) for a replay or a retry on a fresh connection. */
+ * token is saved (out of the client's buffer) for a replay or a retry on a fresh connection.
+ *
+ * While something is pending on an exchange: a token wait is embedded (ex->tw) and withdrawn
+ * by proxy_exchange_free (token_cancel), the upstream connection is closed there (upconn_close
+ * clears its ops first, so no callback reaches a freed exchange), and neither the token cache
+ * nor upstream.c calls back from inside a call made here. Every iovec into the replay buffer is
+ * taken after the last replay_keep of that write (the buffer moves when it grows). */
 #include "proxy.h"
 
 #include <stdio.h>

@@ -1,7 +1,12 @@
 /* server.c - listeners and client connections (see server.h).
  *
  * Memory: struct client is calloc'd at accept, freed in the close callback of its last handle;
- * its exchange goes back to the loop's free list when the request ends or the client goes. */
+ * its exchange goes back to the loop's free list when the request ends or the client goes.
+ *
+ * While something is pending on a client: a queued write owns a copy of its bytes and libuv
+ * ends it (UV_ECANCELED) before the close callback frees the client; a shutdown request is
+ * malloc'd and freed in its own callback, touching nothing else; a batched read waiting for
+ * the end of the iteration is cancelled before uv_close (sock_flush). */
 #include "server.h"
 
 #include <stdio.h>
