@@ -80,7 +80,7 @@ static int trailer_bytes(struct head *hd, size_t len, bool name)
     if (name && hd->in_value) hd->trailer_n++;
     hd->in_value = !name;
     hd->trailer_bytes += (uint32_t)len;
-    if (hd->trailer_n < hd->max && hd->trailer_bytes <= hd->max_bytes) return 0;
+    if (hd->trailer_n <= hd->max && hd->trailer_bytes <= hd->max_bytes) return 0;
     hd->error = HEAD_TOO_MANY;
     return -1;
 }
@@ -269,6 +269,7 @@ static bool field_ok(const struct head *hd, const struct hdr *h)
 int head_analyze(struct head *hd)
 {
     hd->frozen = true;
+    hd->in_value = true; /* a trailer field's name starts a field (trailer_bytes) */
     for (int i = 0; i < hd->n; i++) {
         struct hdr *h = &hd->h[i];
         if (!field_ok(hd, h)) return HEAD_BAD;

@@ -29,7 +29,8 @@ static const char usage[] =
 
 /* The stop (SIGTERM, SIGINT): stop accepting, let in-flight requests finish, close what is
  * left, revoke tokens, close every handle so that uv_run returns. The whole of it is bounded by
- * limits.drain_ms from the signal: the revocations get what the drain left; a name resolution
+ * limits.drain_ms from the signal: the revocations get what the drain left (the drain leaves
+ * them a quarter of drain_ms, at most 2 s, when there are tokens to revoke); a name resolution
  * still running on libuv's thread pool at the end (it cannot be cancelled) is abandoned. */
 static void on_hard_stop(uv_timer_t *t)
 {
@@ -48,8 +49,10 @@ static uint64_t stop_left_ms(struct loop *l)
 static void loop_close_all(struct loop *l)
 {
     token_cache_close(l);
-    uv_close((uv_handle_t *)&l->sigterm, NULL);
-    uv_close((uv_handle_t *)&l->sigint, NULL);
+    /* SIGTERM/SIGINT stay watched (a second one still exits at once, with 0) without keeping
+     * the loop running; closed once uv_run has returned */
+    uv_unref((uv_handle_t *)&l->sigterm);
+    uv_unref((uv_handle_t *)&l->sigint);
     uv_close((uv_handle_t *)&l->sighup, NULL);
     /* does not keep the loop running; fires only if something outlives the deadline */
     uv_timer_start(&l->drain_timer, on_hard_stop, stop_left_ms(l) + DRAIN_POLL_MS, 0);
@@ -68,11 +71,19 @@ static void loop_finish(struct loop *l)
     token_revoke_all(l, stop_left_ms(l), loop_close_all);
 }
 
+#define REVOKE_RESERVE_MAX_MS 2000
+
 static void on_drain_tick(uv_timer_t *t)
 {
     struct loop *l = t->data;
     server_close_clients(l, false);
-    if (l->n_clients == 0 || stop_left_ms(l) == 0) {
+    /* tokens to revoke keep a quarter of drain_ms (at most 2 s) for it from the drain */
+    uint64_t reserve = 0;
+    if (token_revoke_wanted(l)) {
+        reserve = (uint64_t)l->cfg->limits.drain_ms / 4;
+        if (reserve > REVOKE_RESERVE_MAX_MS) reserve = REVOKE_RESERVE_MAX_MS;
+    }
+    if (l->n_clients == 0 || stop_left_ms(l) <= reserve) {
         if (l->n_clients) log_warn("drain: closing %d connections still open", l->n_clients);
         loop_finish(l);
     }
@@ -245,8 +256,10 @@ static int run(struct config *cfg)
     else
         log_debug("socket I/O: batched with io_uring");
     uv_run(&l->uv, UV_RUN_DEFAULT);
-    if (!uv_is_closing((uv_handle_t *)&l->drain_timer))
-        uv_close((uv_handle_t *)&l->drain_timer, NULL);
+    uv_handle_t *left[] = {(uv_handle_t *)&l->drain_timer, (uv_handle_t *)&l->sigterm,
+                           (uv_handle_t *)&l->sigint};
+    for (size_t i = 0; i < sizeof left / sizeof left[0]; i++)
+        if (!uv_is_closing(left[i])) uv_close(left[i], NULL);
     uv_run(&l->uv, UV_RUN_NOWAIT); /* the close callbacks (cancelled resolutions too) */
     log_info("stopped");
     rc = 0;

@@ -14,7 +14,8 @@
  * While something is pending on an exchange: a token wait is embedded (ex->tw) and withdrawn
  * by proxy_exchange_free (token_cancel), the upstream connection is closed there (upconn_close
  * clears its ops first, so no callback reaches a freed exchange), and neither the token cache
- * nor upstream.c calls back from inside a call made here. Every iovec into the replay buffer is
+ * nor upstream.c calls back from inside a call made here (but for the flag-setting pending
+ * callbacks of a write, sock.h). Every iovec into the replay buffer is
  * taken after the last replay_keep of that write (the buffer moves when it grows). */
 #include "proxy.h"
 
@@ -404,12 +405,13 @@ static void replay_keep(struct exchange *ex, const uv_buf_t *iov, unsigned n, ui
 {
     bool retry = !ex->retried && ex->up && ex->up->reused && idempotent(ex->method);
     size_t bytes = iov_len(iov, n);
-    if ((!ex->use_token && !retry) || ex->replay_overflow || bytes == 0) return;
+    if ((!ex->use_token && !retry) || ex->replay_overflow || ex->resp_started || bytes == 0) return;
     const struct limits *lim = &ex->cfg->limits;
     uint64_t want = ex->replay_len + bytes;
     /* too large: the copy goes after the write in progress (replay_drop_overflowed), which
      * may be resending it */
-    if (ex->replay_body + data > (uint64_t)lim->retry_buffer_bytes) goto overflow;
+    if (ex->replay_body + data > (uint64_t)lim->retry_buffer_bytes || want > UINT32_MAX / 2)
+        goto overflow; /* (with its framing a copy stays within an iovec's length) */
     if (want > ex->replay_cap) {
         uint64_t cap = ex->replay_cap ? ex->replay_cap : 4096;
         while (cap < want)
@@ -778,7 +780,7 @@ static size_t location_rewrite(const struct exchange *ex, const char *v, size_t 
     v += u->path_len;
     vl -= u->path_len;
     size_t k = 0;
-    if (absolute) { /* the client asked http://<host>: it gets that back */
+    if (absolute && ex->host[0]) { /* the client asked http://<host>: it gets that back */
         bool v6 = strchr(ex->host, ':') != NULL;
         k = (size_t)sprintf(o, v6 ? "http://[%s]" : "http://%s", ex->host);
         if (ex->port != 80) k += (size_t)sprintf(o + k, ":%d", ex->port);
@@ -971,6 +973,7 @@ static void resp_process(struct exchange *ex)
             int hl = build_resp_head(ex, false);
             if (hl < 0) return resp_fail(ex, UP_UNAVAILABLE);
             ex->resp_started = true;
+            replay_free(ex); /* nothing is sent again once the response has started */
             if (e == HPE_PAUSED && !ex->resp_done) {
                 llhttp_resume(&ex->rp);
                 ex->resp_kick = true;

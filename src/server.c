@@ -329,7 +329,13 @@ static void parse_body(struct client *c)
         client_error(c, 400, "bad_request", d, NULL, 0);
         return;
     }
-    if (!c->ex->req_chunked) c->dw = c->in.off;
+    if (!c->ex->req_chunked) {
+        c->dw = c->in.off;
+    } else if (c->dw < c->in.off) { /* framing parsed and dropped: its room is the input's */
+        memmove(c->in.base + c->dw, c->in.base + c->in.off, c->in.len - c->in.off);
+        c->in.len -= c->in.off - c->dw;
+        c->in.off = c->dw;
+    }
     proxy_client_data(c->ex);
 }
 
@@ -376,6 +382,10 @@ void client_body_taken(struct client *c)
         c->fwd = c->dw = 0;
     }
     if (c->state == C_DONE && c->ex) { /* parsed whole: what is left of it, then the end */
+        if (c->in.base && !input_needed(c)) {
+            inbuf_free(&c->in, &c->loop->pool);
+            c->fwd = c->dw = 0;
+        }
         read_update(c);
         proxy_client_data(c->ex);
         return;
@@ -484,6 +494,12 @@ static void client_close(struct client *c)
     accept_pending(l);
 }
 
+static void linger(struct client *c);
+
+/* The cut shows as the end of the stream after what was relayed (a short body, a chunked body
+ * without its last chunk). The close lingers (RFC 9112 9.6): closing at once with pipelined
+ * requests unread would reset the connection, and the client's kernel would drop what it had
+ * received and not yet read, earlier complete responses included. */
 void client_abort(struct client *c)
 {
     if (c->state == C_CLOSED) return;
@@ -491,13 +507,15 @@ void client_abort(struct client *c)
         proxy_exchange_free(c->ex);
         c->ex = NULL;
     }
-    flush_before_deciding(c);
-    if (c->write_pending) { /* let what was relayed go out, then close */
-        c->state = C_CLOSING;
-        timer_set(c, TO_LINGER);
-        return;
+    if (c->state == C_CLOSING) return; /* lingering already */
+    if (c->eof) { /* all its input was read: a close resets nothing */
+        flush_before_deciding(c);
+        if (!c->write_pending) {
+            client_close(c);
+            return;
+        }
     }
-    client_close(c);
+    linger(c);
 }
 
 /* Lingering close: after the last write, shut down our side and discard input for a while, so

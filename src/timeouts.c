@@ -50,6 +50,21 @@ static void arm(struct timeouts *to, uint64_t at, uint64_t now)
     uv_timer_start(&to->timer, on_timer, at > now ? at - now : 0, 0);
 }
 
+/* TO_NOW: an idle handle, active while the list is not empty, runs the nodes at the start of
+ * the next loop iteration (libuv 1.44 runs a timer restarted with 0 inside its own callback
+ * again at once, so a timer could not promise that), those set while it runs the one after. */
+static void on_now(uv_idle_t *h)
+{
+    struct timeouts *to = h->data;
+    uint32_t pass = to->pass++;
+    struct tnode *n;
+    while ((n = to->lists[TO_NOW].head) && n->pass != pass + 1) {
+        timeout_clear(to->l, n);
+        to->fire[TO_NOW](n);
+    }
+    if (!to->lists[TO_NOW].head) uv_idle_stop(h);
+}
+
 void timeout_set(struct loop *l, struct tnode *n, int kind)
 {
     uint64_t now = uv_now(&l->uv), deadline = now + duration(l, kind);
@@ -57,6 +72,7 @@ void timeout_set(struct loop *l, struct tnode *n, int kind)
     timeout_clear(l, n);
     struct tlist *ls = &l->to.lists[kind];
     n->deadline = deadline;
+    n->pass = l->to.pass;
     n->kind = (uint8_t)kind;
     n->prev = ls->tail;
     if (ls->tail)
@@ -64,7 +80,11 @@ void timeout_set(struct loop *l, struct tnode *n, int kind)
     else
         ls->head = n;
     ls->tail = n;
-    arm(&l->to, n->deadline, now);
+    if (kind == TO_NOW) {
+        if (!uv_is_closing((uv_handle_t *)&l->to.now)) uv_idle_start(&l->to.now, on_now);
+    } else {
+        arm(&l->to, n->deadline, now);
+    }
 }
 
 static void on_timer(uv_timer_t *t)
@@ -72,11 +92,13 @@ static void on_timer(uv_timer_t *t)
     struct timeouts *to = t->data;
     struct loop *l = to->l;
     uint64_t now = uv_now(&l->uv), next = 0;
+    uint32_t pass = to->pass++; /* a node (re)set by a fire below has pass + 1: next time */
     to->armed_at = 0;
     for (int k = TO_NONE + 1; k < TO_KINDS; k++) {
         struct tnode *n;
         /* a reload may change a duration: a list is then briefly out of order, never lost */
-        while ((n = to->lists[k].head) && n->deadline <= now) {
+        if (k == TO_NOW) continue; /* on_now's */
+        while ((n = to->lists[k].head) && n->deadline <= now && n->pass != pass + 1) {
             timeout_clear(l, n);
             to->fire[k](n);
         }
@@ -89,10 +111,13 @@ void timeouts_init(struct loop *l)
 {
     uv_timer_init(&l->uv, &l->to.timer);
     l->to.timer.data = &l->to;
+    uv_idle_init(&l->uv, &l->to.now);
+    l->to.now.data = &l->to;
     l->to.l = l;
 }
 
 void timeouts_close(struct loop *l)
 {
     uv_close((uv_handle_t *)&l->to.timer, NULL);
+    uv_close((uv_handle_t *)&l->to.now, NULL);
 }

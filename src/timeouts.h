@@ -30,6 +30,7 @@ enum timeout_kind {
 struct tnode {
     struct tnode *prev, *next;
     uint64_t deadline;
+    uint32_t pass; /* the expiry pass in which it was set: one set by a fire waits a pass */
     uint8_t kind;
 };
 
@@ -43,7 +44,9 @@ struct timeouts {
     struct tlist lists[TO_KINDS];
     void (*fire[TO_KINDS])(struct tnode *n);
     uv_timer_t timer;
+    uv_idle_t now;     /* runs TO_NOW nodes on the next loop iteration */
     uint64_t armed_at; /* 0: not armed */
+    uint32_t pass;     /* expiry passes so far (on_timer) */
     struct loop *l;
 };
 

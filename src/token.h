@@ -66,6 +66,8 @@ int token_refresh(struct loop *l, const struct config *cfg, int provider, struct
  * budget_ms (what is left of limits.drain_ms) has passed, or at once when there is nothing to
  * revoke or no time left. */
 void token_revoke_all(struct loop *l, uint64_t budget_ms, void (*done)(struct loop *l));
+/* Is there a token that token_revoke_all would revoke? */
+bool token_revoke_wanted(struct loop *l);
 /* /readyz: every provider has a token or none has failed. */
 bool token_ready(struct loop *l, const struct config *cfg);
 /* /tokens and /metrics: appended to b, however long they get. Never a token. */

@@ -632,6 +632,16 @@ void token_revoke_all(struct loop *l, uint64_t budget_ms, void (*done)(struct lo
     uv_timer_start(&tc->revoke_timer, on_revoke_timeout, budget_ms, 0);
 }
 
+bool token_revoke_wanted(struct loop *l)
+{
+    struct token_cache *tc = l->tokens;
+    for (int i = 0; tc && i < tc->n; i++) {
+        const struct token_slot *s = tc->slots[i];
+        if (s->cur && s->p->revoke_on_exit && s->p->revoke_url) return true;
+    }
+    return false;
+}
+
 bool token_ready(struct loop *l, const struct config *cfg)
 {
     struct token_cache *tc = l->tokens;
@@ -746,32 +756,35 @@ static void slot_free(struct token_slot *s)
 }
 
 /* Builds the slots for cfg; a slot of old whose provider has the very same settings carries
- * over with its token. The other old slots retire (freed when their transfer ends). */
+ * over with its token. The other old slots retire (freed when their transfer ends). On failure
+ * (out of memory) nothing has changed. */
 static int slots_build(struct token_cache *tc, struct config *cfg)
 {
     int n = cfg->n_providers;
     struct token_slot **slots = calloc((size_t)(n ? n : 1), sizeof *slots);
-    if (!slots) return -1;
+    int *from = calloc((size_t)(n ? n : 1), sizeof *from); /* the old slot carried over, or -1 */
+    if (!slots || !from) goto fail;
     for (int i = 0; i < n; i++) {
         const struct provider_config *p = &cfg->providers[i];
-        for (int j = 0; j < tc->n; j++) {
-            struct token_slot *o = tc->slots[j];
-            if (o && strcmp(o->p->name, p->name) == 0 && provider_config_equal(o->p, p)) {
-                slots[i] = o;
-                tc->slots[j] = NULL;
-                config_unref(o->cfg);
-                o->cfg = config_ref(cfg);
-                o->p = p;
-                break;
-            }
-        }
-        if (!slots[i]) slots[i] = slot_new(tc, cfg, i);
-        if (!slots[i]) {
+        from[i] = -1;
+        for (int j = 0; j < tc->n && from[i] < 0; j++) {
+            const struct token_slot *o = tc->slots[j];
+            bool taken = false;
             for (int k = 0; k < i; k++)
-                slot_free(slots[k]);
-            free(slots);
-            return -1;
+                taken |= from[k] == j;
+            if (!taken && strcmp(o->p->name, p->name) == 0 && provider_config_equal(o->p, p))
+                from[i] = j;
         }
+        if (from[i] < 0 && !(slots[i] = slot_new(tc, cfg, i))) goto fail;
+    }
+    for (int i = 0; i < n; i++) { /* nothing can fail from here on */
+        if (from[i] < 0) continue;
+        struct token_slot *o = tc->slots[from[i]];
+        tc->slots[from[i]] = NULL;
+        config_unref(o->cfg);
+        o->cfg = config_ref(cfg);
+        o->p = &cfg->providers[i];
+        slots[i] = o;
     }
     for (int j = 0; j < tc->n; j++) {
         struct token_slot *o = tc->slots[j];
@@ -784,10 +797,17 @@ static int slots_build(struct token_cache *tc, struct config *cfg)
             slot_free(o);
         }
     }
+    free(from);
     free(tc->slots);
     tc->slots = slots;
     tc->n = n;
     return 0;
+fail:
+    for (int i = 0; slots && i < n; i++)
+        if (slots[i]) slot_free(slots[i]); /* only new ones are in slots yet */
+    free(slots);
+    free(from);
+    return -1;
 }
 
 int token_cache_init(struct loop *l)

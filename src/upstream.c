@@ -209,9 +209,11 @@ static int tls_pump(struct upconn *c)
     return 0;
 }
 
+/* Plaintext OpenSSL can still give (bytes after a close_notify never become any). */
 static bool tls_has_pending(struct upconn *c)
 {
-    return c->ssl && (BIO_ctrl_pending(c->rbio) > 0 || SSL_pending(c->ssl) > 0);
+    return c->ssl && !(SSL_get_shutdown(c->ssl) & SSL_RECEIVED_SHUTDOWN) &&
+           (BIO_ctrl_pending(c->rbio) > 0 || SSL_pending(c->ssl) > 0);
 }
 
 static int tls_flush(struct upconn *c, bool gather);

@@ -68,8 +68,10 @@ struct upconn {
 
 /* Gets a connection for the caller: an idle pooled one (returns 1, ready now) unless fresh, or
  * a new one (returns 0; ops->ready called later, never before this returns). Returns <0 when
- * it fails at once (no callback follows). No function of this file calls an ops callback
- * from inside the caller's own call: they all run from libuv callbacks. */
+ * it fails at once (no callback follows). No function of this file calls ready, data, closed
+ * or drained from inside the caller's own call: they run from libuv callbacks. pending alone
+ * may run inside upconn_write (a gathered write of the same socket queued first, sock.h): it
+ * only marks a write pending. */
 int upstream_acquire(struct loop *l, bool tls, const char *host, int port, bool fresh,
                      const struct upconn_ops *ops, void *arg, struct upconn **out);
 /* Writes plaintext. 0: all written; 1: pending (ops->drained later); <0: error. head: the

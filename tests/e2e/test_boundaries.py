@@ -173,6 +173,10 @@ def test_gateway_redirects_come_back_in_the_clients_view():
                 ("/other/x", "/other/x"),                     # not under the upstream's base
                 ("http://127.0.0.1:%d/basement" % up.port, "http://127.0.0.1:%d/basement" % up.port),
             ]
+            # an HTTP/1.0 request without Host gets the path-only form
+            locs["/base/h10"] = "http://127.0.0.1:%d/base/next?q=1" % up.port
+            r = raw_exchange(px.port, "GET /docs/h10 HTTP/1.0\r\n\r\n")
+            assert r is not None and r.header("location") == "/docs/next?q=1", r
             for i, (sent, want) in enumerate(cases):
                 locs["/base/r%d" % i] = sent
                 r = get(px.port, "/docs/r%d" % i, host=me)
@@ -221,6 +225,33 @@ def test_request_trailers_and_chunk_extensions_never_travel():
             c.send("GET http://plain.test/n HTTP/1.1\r\nHost: plain.test\r\n\r\n")
             r = c.read_response()
             assert r is not None and r.status == 200 and up.target() == "/n", r
+
+
+def test_dropped_chunk_framing_never_fills_the_input():
+    # trailers within the limits, or a long chunk-size line, are parsed and dropped: their room
+    # is reclaimed as they go (they once filled the input buffer and the request stalled until
+    # upstream_timeout_ms, then got 408)
+    with RawUpstream() as up:
+        routes = [{"host": "plain.test", "upstream": "http://127.0.0.1:%d" % up.port}]
+        with Proxy(make_config(free_port(), routes, limits={"upstream_timeout_ms": 10000})) as px:
+            head = ("POST http://plain.test/u HTTP/1.1\r\nHost: plain.test\r\n"
+                    "Transfer-Encoding: chunked\r\n\r\n")
+            trailers = "".join("X-T%d: %s\r\n" % (i, "t" * 1000) for i in range(40)) + "\r\n"
+            for pieces in ([head + "5\r\nhello\r\n0\r\n" + trailers],
+                           [head, "5\r\nhello\r\n", "0\r\n"] + [trailers[i:i + 700] for i in
+                                                                 range(0, len(trailers), 700)],
+                           [head] + ["0" * 700] * 9 + ["5\r\nhello\r\n0\r\n\r\n"]):
+                t0 = time.monotonic()
+                with Conn(px.port) as c:
+                    for p in pieces:
+                        c.send(p)
+                        time.sleep(0.01)
+                    r = c.read_response(timeout=5)
+                assert r is not None and r.status in (200, 400), r
+                assert time.monotonic() - t0 < 3, "the request stalled: %r" % r
+                if r.status == 200:
+                    got, _, after = dechunk(up.requests[-1].partition(b"\r\n\r\n")[2])
+                    assert got == b"hello" and after == b"\r\n", up.requests[-1][-200:]
 
 
 def test_request_trailers_and_chunk_lines_are_bounded():

@@ -183,3 +183,87 @@ def test_tls_fast_chunked_response_to_a_slow_reader_arrives_whole():
                     "attempt %d: %d of %d body bytes, complete %s, after %.1f s" % (
                         attempt, len(body), n, complete, dt)
                 assert body == want, "attempt %d: the body differs from the upstream's" % attempt
+
+
+def _tls_server_close_notify_then_junk(cert, key, ready, stop):
+    """One TLS connection on memory BIOs: reads a request, answers a close-delimited 200,
+    sends close_notify and bytes after it in one segment, then holds the TCP connection open
+    (no FIN) until stop is set."""
+    import ssl
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    ready.append(ls.getsockname()[1])
+    ls.settimeout(10)
+    try:
+        s, _ = ls.accept()
+    except OSError:
+        return
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, out, server_side=True)
+    s.settimeout(5)
+
+    def pump(fn):
+        for _ in range(1000):
+            try:
+                return fn()
+            except ssl.SSLWantReadError:
+                if out.pending:
+                    s.sendall(out.read())
+                d = s.recv(65536)
+                if not d:
+                    raise OSError("closed")
+                inc.write(d)
+    try:
+        pump(obj.do_handshake)
+        if out.pending:
+            s.sendall(out.read())
+        req = b""
+        while b"\r\n\r\n" not in req:
+            req += pump(lambda: obj.read(65536))
+        obj.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello")
+        try:
+            obj.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        s.sendall(out.read() + b"bytes after close_notify")
+        while not stop:
+            time.sleep(0.05)
+    except OSError:
+        pass
+    finally:
+        s.close()
+        ls.close()
+
+
+def test_tls_bytes_after_close_notify_end_the_response():
+    # After a close_notify OpenSSL never reads its input again: bytes behind it once looked
+    # like plaintext still to come, and the loop delivered them for ever (100 % CPU, no admin)
+    c = certs()
+    ready, stop = [], []
+    t = threading.Thread(target=_tls_server_close_notify_then_junk,
+                         args=(c["cert"], c["key"], ready, stop), daemon=True)
+    t.start()
+    for _ in range(100):
+        if ready:
+            break
+        time.sleep(0.02)
+    admin = free_port()
+    cfg = make_config(free_port(), [{"host": "tls.test",
+                                     "upstream": "https://localhost:%d" % ready[0]}],
+                      admin_listen="127.0.0.1:%d" % admin)
+    try:
+        with Proxy(cfg) as px:
+            t0 = time.monotonic()
+            with Conn(px.port) as cl:
+                cl.send("GET http://tls.test/ HTTP/1.1\r\nHost: tls.test\r\n\r\n")
+                r = cl.read_response(timeout=4)
+            assert r is not None and r.status == 200 and r.body == b"hello" and r.complete, r
+            assert time.monotonic() - t0 < 3, "the response waited for the TCP close"
+            st, _, body = request(admin, "GET", "/healthz", timeout=2)
+            assert st == 200 and body == b"ok", "the loop no longer answers: %r" % body
+    finally:
+        stop.append(1)
+        t.join(10)
