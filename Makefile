@@ -20,7 +20,7 @@ DEPS_BUILD := gcc make pkg-config libuv1-dev node-llhttp libcjson-dev libcurl4-o
 DEPS_TEST  := curl openssl python3 ca-certificates procps
 DEPS_BENCH := nginx-light haproxy wrk gnuplot-nox util-linux
 
-.PHONY: all run test unit asan deps deps-bench bench bench-smoke clean format
+.PHONY: all run test unit asan deps deps-bench bench bench-smoke stress clean format
 
 all: $(BUILD)/authproxy
 
@@ -81,6 +81,12 @@ unit: $(BUILD)/unit-tests
 
 test: deps deps-bench $(BUILD)/authproxy $(BUILD)/authproxy-asan $(BUILD)/unit-tests $(BUILD)/libfaults.so
 	python3 tests/run.py
+
+# The differential data-path test with random seeds, for STRESS_MINUTES (default 10); prints
+# the seed of any failure (replay: AUTHPROXY_DIFF_SEED=N python3 tests/run.py -k test_differential)
+STRESS_MINUTES ?= 10
+stress: deps $(BUILD)/authproxy $(BUILD)/authproxy-asan $(BUILD)/libfaults.so
+	python3 tests/stress.py --no-build --minutes $(STRESS_MINUTES)
 
 run: deps $(BUILD)/authproxy
 	python3 tests/demo/run_demo.py

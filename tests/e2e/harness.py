@@ -184,6 +184,21 @@ def certs():
 # ---------------------------------------------------------------------------------------------
 # mock upstream
 
+def ready_line(proc, timeout=15):
+    """The first line a child prints on stdout (its "PORT ..." announcement), waited on for at
+    most timeout seconds; b"" or a partial line when it exits or the time runs out."""
+    deadline = time.monotonic() + timeout
+    line = b""
+    while time.monotonic() < deadline and not line.endswith(b"\n"):
+        r, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if r:
+            ch = os.read(proc.stdout.fileno(), 64)
+            if not ch:
+                break
+            line += ch
+    return line
+
+
 class Process:
     """A child process with a log file: stopped by its pid, usable as a context manager."""
 
@@ -222,15 +237,7 @@ class Mock(Process):
                                      stdin=subprocess.DEVNULL)
         self.port = None
         try:
-            deadline = time.monotonic() + 15
-            line = b""
-            while time.monotonic() < deadline and not line.endswith(b"\n"):
-                r, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-                if r:
-                    ch = os.read(self.proc.stdout.fileno(), 64)
-                    if not ch:
-                        break
-                    line += ch
+            line = ready_line(self.proc)
             if not line.startswith(b"PORT "):
                 raise AssertionError("mock upstream did not start: %r" % line)
             self.port = int(line.split()[1])

@@ -6,7 +6,6 @@ import contextlib
 import http.client
 import json
 import os
-import select
 import ssl
 import subprocess
 import sys
@@ -38,15 +37,7 @@ class MockProviders(harness.Process):
                                      stdin=subprocess.DEVNULL)
         self.port = self.api_port = None
         try:
-            deadline = time.monotonic() + 15
-            line = b""
-            while time.monotonic() < deadline and not line.endswith(b"\n"):
-                r, _, _ = select.select([self.proc.stdout], [], [], 0.2)
-                if r:
-                    ch = os.read(self.proc.stdout.fileno(), 64)
-                    if not ch:
-                        break
-                    line += ch
+            line = harness.ready_line(self.proc)
             parts = line.split()
             if len(parts) != 4 or parts[0] != b"PORT" or parts[2] != b"API":
                 raise AssertionError("mock providers did not start: %r" % line)
