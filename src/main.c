@@ -19,7 +19,8 @@
 
 #define AUTHPROXY_VERSION "0.1.0"
 #define DRAIN_POLL_MS 50
-#define BUFPOOL_KEEP 512 /* I/O blocks kept for reuse (16 MiB at most) */
+#define REVOKE_RESERVE_MAX_MS 2000 /* of drain_ms kept for the revocations at most */
+#define BUFPOOL_KEEP 512           /* I/O blocks kept for reuse (16 MiB at most) */
 
 static const char usage[] =
     "usage: authproxy [-c FILE] [--strict]         run (default FILE: " CONFIG_DEFAULT_PATH ")\n"
@@ -70,8 +71,6 @@ static void loop_finish(struct loop *l)
     timeouts_close(l);
     token_revoke_all(l, stop_left_ms(l), loop_close_all);
 }
-
-#define REVOKE_RESERVE_MAX_MS 2000
 
 static void on_drain_tick(uv_timer_t *t)
 {

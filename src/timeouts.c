@@ -92,13 +92,13 @@ static void on_timer(uv_timer_t *t)
     struct timeouts *to = t->data;
     struct loop *l = to->l;
     uint64_t now = uv_now(&l->uv), next = 0;
-    uint32_t pass = to->pass++; /* a node (re)set by a fire below has pass + 1: next time */
     to->armed_at = 0;
     for (int k = TO_NONE + 1; k < TO_KINDS; k++) {
         struct tnode *n;
         /* a reload may change a duration: a list is then briefly out of order, never lost */
         if (k == TO_NOW) continue; /* on_now's */
-        while ((n = to->lists[k].head) && n->deadline <= now && n->pass != pass + 1) {
+        /* every other kind lasts at least 1 ms: what a fire sets again is not due yet */
+        while ((n = to->lists[k].head) && n->deadline <= now) {
             timeout_clear(l, n);
             to->fire[k](n);
         }

@@ -30,7 +30,7 @@ enum timeout_kind {
 struct tnode {
     struct tnode *prev, *next;
     uint64_t deadline;
-    uint32_t pass; /* the expiry pass in which it was set: one set by a fire waits a pass */
+    uint32_t pass; /* TO_NOW: the on_now run it was set before; one set while it runs waits */
     uint8_t kind;
 };
 
@@ -46,7 +46,7 @@ struct timeouts {
     uv_timer_t timer;
     uv_idle_t now;     /* runs TO_NOW nodes on the next loop iteration */
     uint64_t armed_at; /* 0: not armed */
-    uint32_t pass;     /* expiry passes so far (on_timer) */
+    uint32_t pass;     /* on_now runs so far */
     struct loop *l;
 };
 

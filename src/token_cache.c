@@ -763,17 +763,17 @@ static int slots_build(struct token_cache *tc, struct config *cfg)
     int n = cfg->n_providers;
     struct token_slot **slots = calloc((size_t)(n ? n : 1), sizeof *slots);
     int *from = calloc((size_t)(n ? n : 1), sizeof *from); /* the old slot carried over, or -1 */
-    if (!slots || !from) goto fail;
+    bool *used = calloc((size_t)(tc->n ? tc->n : 1), sizeof *used); /* old slots carried over */
+    if (!slots || !from || !used) goto fail;
     for (int i = 0; i < n; i++) {
         const struct provider_config *p = &cfg->providers[i];
         from[i] = -1;
         for (int j = 0; j < tc->n && from[i] < 0; j++) {
             const struct token_slot *o = tc->slots[j];
-            bool taken = false;
-            for (int k = 0; k < i; k++)
-                taken |= from[k] == j;
-            if (!taken && strcmp(o->p->name, p->name) == 0 && provider_config_equal(o->p, p))
+            if (!used[j] && strcmp(o->p->name, p->name) == 0 && provider_config_equal(o->p, p)) {
                 from[i] = j;
+                used[j] = true;
+            }
         }
         if (from[i] < 0 && !(slots[i] = slot_new(tc, cfg, i))) goto fail;
     }
@@ -798,6 +798,7 @@ static int slots_build(struct token_cache *tc, struct config *cfg)
         }
     }
     free(from);
+    free(used);
     free(tc->slots);
     tc->slots = slots;
     tc->n = n;
@@ -807,6 +808,7 @@ fail:
         if (slots[i]) slot_free(slots[i]); /* only new ones are in slots yet */
     free(slots);
     free(from);
+    free(used);
     return -1;
 }
 

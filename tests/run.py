@@ -134,13 +134,14 @@ def kill_group(pgid):
             time.sleep(0.1)
 
 
-def run_one(mod, name, heavy, env, tmp):
-    """Runs one test in a child process; returns (ok, reason, seconds, its log directory)."""
+def run_one(mod, name, heavy, env, tmp, timeout=None):
+    """Runs one test in a child process; returns (ok, reason, seconds, its log directory). Its
+    output is kept there as output.txt. timeout: the hard limit (default by heavy)."""
     flavour = "-asan" if env.get("AUTHPROXY_ASAN") == "1" else ""
     logdir = tempfile.mkdtemp(prefix="%s%s-" % (name, flavour), dir=tmp)
     e = dict(env)
     e["AUTHPROXY_LOGDIR"] = logdir
-    timeout = HEAVY_TIMEOUT if heavy else TIMEOUT
+    timeout = timeout or (HEAVY_TIMEOUT if heavy else TIMEOUT)
     t0 = time.monotonic()
     p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--one", mod, name],
                          cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -166,6 +167,8 @@ def run_one(mod, name, heavy, env, tmp):
     kill_group(p.pid)
     dt = time.monotonic() - t0
     out = out.decode("utf-8", "replace")
+    with open(os.path.join(logdir, "output.txt"), "w") as f:
+        f.write(out)
     san = scan_sanitizer(logdir)
     if rc != 0:
         reason = out.strip().splitlines()[-1] if out.strip() else "exit status %d" % rc

@@ -16,7 +16,6 @@ import argparse
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ E2E = os.path.join(TESTS, "e2e")
 sys.path.insert(0, TESTS)
 sys.path.insert(0, E2E)
 
-import run as runner  # noqa: E402  (scan_sanitizer, kill_group: the runner's own)
+import run as runner  # noqa: E402  (run_one: the runner's own)
 
 
 def say(line):
@@ -37,49 +36,20 @@ def say(line):
 
 
 def one_run(seed, scale, binary, asan, certdir, tmp):
-    """Returns (ok, reason, seconds, logdir)."""
-    logdir = tempfile.mkdtemp(prefix="stress-%d-" % seed, dir=tmp)
+    """Returns (ok, reason or the test's summary line, seconds, logdir): the runner's run_one,
+    with a time limit for the scale."""
     env = dict(os.environ)
     for k in ("AUTHPROXY_DIFF_ONLY", "AUTHPROXY_DIFF_CONFIGS", "AUTHPROXY_IO_URING"):
         env.pop(k, None)
     env.update({"AUTHPROXY_BIN": binary, "AUTHPROXY_ASAN": "1" if asan else "0",
                 "AUTHPROXY_DIFF_SEED": str(seed), "AUTHPROXY_DIFF_SCALE": str(scale),
-                "AUTHPROXY_LOGDIR": logdir, "AUTHPROXY_CERTDIR": certdir,
-                "PYTHONDONTWRITEBYTECODE": "1"})
-    limit = 60 * max(1.0, scale) + 90
-    t0 = time.monotonic()
-    p = subprocess.Popen([sys.executable, os.path.join(TESTS, "run.py"), "--one",
-                          "test_differential", "test_differential"],
-                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        out, _ = p.communicate(timeout=limit)
-        rc = p.returncode
-    except subprocess.TimeoutExpired:
-        try:
-            os.kill(p.pid, signal.SIGTERM)  # the test's finally blocks stop its processes
-        except ProcessLookupError:
-            pass
-        try:
-            out, _ = p.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            runner.kill_group(p.pid)
-            out, _ = p.communicate(timeout=10)
-        runner.kill_group(p.pid)
-        return False, "time limit of %d s" % limit, time.monotonic() - t0, logdir
-    runner.kill_group(p.pid)  # nothing of this run may outlive it
-    dt = time.monotonic() - t0
-    text = out.decode("utf-8", "replace").strip()
-    with open(os.path.join(logdir, "output.txt"), "w") as f:
-        f.write(text + "\n")
-    san = runner.scan_sanitizer(logdir)
-    if rc != 0:
-        last = text.splitlines()[-1] if text else "exit status %d" % rc
-        return False, last[:2000] + ((" | sanitizer: " + san) if san else ""), dt, logdir
-    if san:
-        return False, "sanitizer report: " + san, dt, logdir
-    summary = text.splitlines()[0] if text else ""
-    return True, summary, dt, logdir
+                "AUTHPROXY_CERTDIR": certdir, "PYTHONDONTWRITEBYTECODE": "1"})
+    ok, why, dt, logdir = runner.run_one("test_differential", "test_differential", True, env,
+                                         tmp, timeout=60 * max(1.0, scale) + 90)
+    if ok:
+        with open(os.path.join(logdir, "output.txt")) as f:
+            why = (f.read().strip().splitlines() or [""])[0]
+    return ok, why, dt, logdir
 
 
 def main():
