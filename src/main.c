@@ -166,9 +166,9 @@ static void on_cli_token(struct token_wait *w, const struct token_result *r)
         fprintf(stderr, "authproxy: %s: %s\n", r->error, r->detail);
         t->rc = 1;
     } else {
-        /* "Authorization: Bearer <token>\r\n" -> the token alone */
-        const struct token *tk = r->token;
-        fwrite(tk->header + 22, 1, tk->header_len - 24, stdout);
+        size_t len;
+        const char *v = token_value(r->token, &len);
+        fwrite(v, 1, len, stdout);
         fputc('\n', stdout);
         fflush(stdout);
         t->rc = 0;

@@ -16,12 +16,23 @@ struct loop;
 struct config;
 struct strbuf;
 
+/* A token's header line is TOKEN_HDR_PREFIX, the token itself, then CRLF. */
+#define TOKEN_HDR_PREFIX "Authorization: Bearer "
+#define TOKEN_HDR_PREFIX_LEN (sizeof TOKEN_HDR_PREFIX - 1)
+
 struct token {
     int refs;
     uint64_t minted_ms, expires_ms, last_use_ms; /* loop time (uv_now) */
     char *header;                                /* "Authorization: Bearer <token>\r\n" */
     size_t header_len;
 };
+
+/* The token itself, inside its header line (not NUL-terminated). */
+static inline const char *token_value(const struct token *t, size_t *len)
+{
+    *len = t->header_len - TOKEN_HDR_PREFIX_LEN - 2;
+    return t->header + TOKEN_HDR_PREFIX_LEN;
+}
 
 struct token_result {
     int status;          /* 0 on success, else the HTTP status for the client */
